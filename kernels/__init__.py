@@ -1,0 +1,1 @@
+"""Shared kernels, installed as ``lightning_eff.kernels``: one op per file, Triton + PyTorch reference."""
