@@ -84,6 +84,18 @@ def resolve_order(techniques: Sequence[Technique]) -> tuple[list[Technique], lis
     return [techniques[i] for i in order], problems
 
 
+def strategy_kind(strategy: Any) -> str:
+    """A short name for a Lightning strategy object: ddp, fsdp, deepspeed, single_device, or its class."""
+    from lightning.pytorch import strategies as S
+
+    for cls, kind in ((S.FSDPStrategy, "fsdp"), (S.DeepSpeedStrategy, "deepspeed"), (S.DDPStrategy, "ddp")):
+        if isinstance(strategy, cls):
+            return kind
+    if isinstance(strategy, S.SingleDeviceStrategy):
+        return "single_device"
+    return type(strategy).__name__
+
+
 def trainer_problems(techniques: Sequence[Technique], trainer: pl.Trainer, pl_module: Any) -> list[str]:
     """Checks that need the Trainer and the module (mixin, batch selectors, strategy)."""
     from lightning_eff.module import EfficientModule
@@ -99,12 +111,12 @@ def trainer_problems(techniques: Sequence[Technique], trainer: pl.Trainer, pl_mo
     if len(selectors) > 1:
         problems.append(f"two batch selectors are active ({', '.join(selectors)}): keep only one of them")
 
-    strategy = getattr(trainer.strategy, "strategy_name", type(trainer.strategy).__name__)
+    strategy = strategy_kind(trainer.strategy)
     for t in techniques:
         if t.supported_strategies is not None and strategy not in t.supported_strategies:
             problems.append(f"{t.name} does not support strategy '{strategy}'; use one of {list(t.supported_strategies)}")
     needs_unused = [t.name for t in techniques if t.find_unused_parameters]
-    if needs_unused and strategy.startswith("ddp") and not getattr(trainer.strategy, "_ddp_kwargs", {}).get(
+    if needs_unused and strategy == "ddp" and not getattr(trainer.strategy, "_ddp_kwargs", {}).get(
         "find_unused_parameters", False
     ):
         problems.append(

@@ -234,6 +234,17 @@ def run_ddp(
 
     The factories must be picklable (module-level functions or classes)."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    # Spawned workers failed to rebuild tensors shared by file descriptor ("unable to resize file"),
+    # seen with torch 2.13 CPU; sharing through the file system works everywhere.
+    previous = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        return _run_ddp(make_module, make_data, make_techniques, max_steps, tmp_path, strategy, trainer_kwargs)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(previous)
+
+
+def _run_ddp(make_module, make_data, make_techniques, max_steps, tmp_path, strategy, trainer_kwargs):
     pl.seed_everything(0, workers=True)
     module, data, techniques = make_module(), make_data(), list(make_techniques())
     kwargs = quiet_trainer_kwargs(max_steps=max_steps, devices=2, strategy=strategy, **(trainer_kwargs or {}))
