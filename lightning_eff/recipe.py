@@ -55,7 +55,7 @@ class Recipe:
         techniques, errors = [], []
         for entry in self.entries:
             try:
-                techniques.append(entry.cls(**entry.options))
+                techniques.append(entry.cls.from_options(**entry.options))
             except ConfigError as exc:
                 errors += [f"{self.source}: {entry.where}: {line}" for line in str(exc).splitlines()]
         if errors:
@@ -135,7 +135,7 @@ def _parse_entry(where: str, raw: Any) -> tuple[TechniqueEntry | None, list[str]
         return None, [f"{where}: {exc}"]
     entry = TechniqueEntry(where, cls, dict(options))
     try:  # validate options now so every error of the recipe is reported together
-        cls(**entry.options)
+        cls.from_options(**entry.options)
     except ConfigError as exc:
         return None, [f"{where}.options: {line}" for line in str(exc).splitlines()]
     return entry, []

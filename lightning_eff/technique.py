@@ -136,6 +136,15 @@ class Technique(Callback):
             raise ConfigError(format_validation_error(type(self).__name__, exc)) from None
         self._hub: EfficiencyHub | None = None
 
+    @classmethod
+    def from_options(cls, **options: Any) -> Technique:
+        """Build from a mapping of options (recipes): unknown keys become a ConfigError, not a TypeError."""
+        try:
+            cls.Config(**options)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(cls.__name__, exc)) from None
+        return cls(**options)
+
     # Every technique gets the guard on setup, overridden or not: it is where the hub attaches.
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pass
