@@ -83,8 +83,10 @@ def leff_configure_trainer(trainer_kwargs: dict[str, Any], techniques: list[Tech
 def leff_validate(techniques: list[Technique], trainer_kwargs: dict[str, Any]) -> list[str] | None:
     """Return configuration errors (each a sentence naming the fix) before any Trainer exists.
 
-    Called by ``lightning-eff check RECIPE`` and by preflight. All results are collected and raised
-    together as one :class:`lightning_eff.errors.PreflightError`.
+    Called by ``lightning-eff check RECIPE`` (``trainer_kwargs``: the recipe's Trainer arguments) and
+    by preflight at the start of fit (``trainer_kwargs``: the running Trainer's settings, see
+    ``lightning_eff.plan.trainer_settings``), for plugin modules and the techniques themselves. All
+    results are collected and raised together as one :class:`lightning_eff.errors.PreflightError`.
     """
 
 

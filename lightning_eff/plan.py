@@ -128,13 +128,28 @@ def trainer_problems(techniques: Sequence[Technique], trainer: pl.Trainer, pl_mo
     return problems
 
 
+def trainer_settings(trainer: pl.Trainer) -> dict[str, Any]:
+    """The running Trainer's settings in Trainer-argument form, for ``leff_validate`` at preflight."""
+    return {
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "precision": trainer.precision,
+        "max_steps": trainer.max_steps,
+        "max_epochs": trainer.max_epochs,
+        "strategy": strategy_kind(trainer.strategy),
+        "devices": trainer.num_devices,
+        "num_nodes": trainer.num_nodes,
+        "accelerator": type(trainer.accelerator).__name__,
+    }
+
+
 def preflight(techniques: Sequence[Technique], trainer: pl.Trainer, pl_module: Any) -> list[Technique]:
     """Resolve the order and run every check; raise one :class:`PreflightError` listing all problems."""
     from lightning_eff.registry import get_registry
 
     order, problems = resolve_order(techniques)
     problems += trainer_problems(order, trainer, pl_module)
-    for found in get_registry().pm.hook.leff_validate(techniques=list(order), trainer_kwargs={}):
+    settings = trainer_settings(trainer)
+    for found in get_registry().with_techniques(list(order)).hook.leff_validate(techniques=list(order), trainer_kwargs=settings):
         problems += list(found or [])
     if problems:
         raise PreflightError(problems)

@@ -23,10 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import pluggy
 import yaml
 
-from lightning_eff import hookspecs
 from lightning_eff.errors import ConfigError
 from lightning_eff.registry import get_registry
 from lightning_eff.technique import Technique
@@ -78,20 +76,9 @@ class Recipe:
         return validate_techniques(techniques, self.trainer_kwargs(techniques))
 
 
-def _technique_pm(techniques: list[Technique]) -> pluggy.PluginManager:
-    """The registry's plugin modules plus these technique instances, for configuration hooks."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    for name, plugin in get_registry().pm.list_name_plugin():
-        pm.register(plugin, name=name)
-    for i, t in enumerate(reversed(techniques)):
-        pm.register(t, name=f"technique-{i}-{t.state_key}")
-    return pm
-
-
 def configure_trainer(trainer_kwargs: dict[str, Any], techniques: list[Technique]) -> dict[str, Any]:
     """Let plugins and techniques adjust Trainer kwargs (``leff_configure_trainer``), in place."""
-    _technique_pm(techniques).hook.leff_configure_trainer(trainer_kwargs=trainer_kwargs, techniques=techniques)
+    get_registry().with_techniques(techniques).hook.leff_configure_trainer(trainer_kwargs=trainer_kwargs, techniques=techniques)
     return trainer_kwargs
 
 
@@ -99,7 +86,7 @@ def validate_techniques(techniques: list[Technique], trainer_kwargs: dict[str, A
     from lightning_eff.plan import resolve_order
 
     _, problems = resolve_order(techniques)
-    for found in _technique_pm(techniques).hook.leff_validate(techniques=techniques, trainer_kwargs=trainer_kwargs):
+    for found in get_registry().with_techniques(techniques).hook.leff_validate(techniques=techniques, trainer_kwargs=trainer_kwargs):
         problems += list(found or [])
     return problems
 

@@ -149,6 +149,17 @@ class Registry:
 
         return register
 
+    def with_techniques(self, techniques: list[Technique]) -> pluggy.PluginManager:
+        """A plugin manager holding every plugin module plus these technique instances (first
+        technique called first), for hooks that concern a whole plan (configure, validate)."""
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        for name, plugin in self.pm.list_name_plugin():
+            pm.register(plugin, name=name)
+        for i, technique in enumerate(reversed(techniques)):
+            pm.register(technique, name=f"technique-{i}-{technique.state_key}")
+        return pm
+
     # -- lookup ----------------------------------------------------------------------------------
 
     def technique(self, name: str) -> type[Technique]:

@@ -152,8 +152,13 @@ class Technique(Callback):
     @property
     def state_key(self) -> str:
         # Two instances of one technique with different options keep separate checkpoint entries.
-        options = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
-        return self._generate_state_key(name=self.name, options=options)
+        # Cached: Lightning reads state_key for every callback on every hook call (profiler labels),
+        # and the config is frozen.
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            options = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+            key = self.__dict__["_state_key"] = self._generate_state_key(name=self.name, options=options)
+        return key
 
     @classmethod
     def summary(cls) -> str:

@@ -234,6 +234,9 @@ def run_ddp(
 
     The factories must be picklable (module-level functions or classes)."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    # A fresh port per run: Lightning keeps the first run's MASTER_PORT in os.environ, and parallel
+    # test workers must not meet on it.
+    os.environ["MASTER_PORT"] = str(_free_port())
     # Spawned workers failed to rebuild tensors shared by file descriptor ("unable to resize file"),
     # seen with torch 2.13 CPU; sharing through the file system works everywhere.
     previous = torch.multiprocessing.get_sharing_strategy()
@@ -242,6 +245,14 @@ def run_ddp(
         return _run_ddp(make_module, make_data, make_techniques, max_steps, tmp_path, strategy, trainer_kwargs)
     finally:
         torch.multiprocessing.set_sharing_strategy(previous)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _run_ddp(make_module, make_data, make_techniques, max_steps, tmp_path, strategy, trainer_kwargs):

@@ -130,3 +130,19 @@ class ConstantAuxLoss(Technique):
     @hookimpl
     def leff_sample_weights(self, module, batch, per_sample_loss):
         return torch.full_like(per_sample_loss, 2.0)
+
+
+class TrainerTuner(Technique):
+    """Asks for a Trainer setting through leff_configure_trainer and validates the recipe."""
+
+    name = "trainer_tuner"
+
+    @hookimpl
+    def leff_configure_trainer(self, trainer_kwargs, techniques):
+        trainer_kwargs.setdefault("gradient_clip_val", 1.0)
+
+    @hookimpl
+    def leff_validate(self, techniques, trainer_kwargs):
+        if trainer_kwargs.get("accumulate_grad_batches", 1) > 1:
+            return ["trainer_tuner: set accumulate_grad_batches to 1"]
+        return None
