@@ -1,1 +1,19 @@
-"""Shared kernels, installed as ``lightning_eff.kernels``: one op per file, Triton + PyTorch reference."""
+"""Shared kernels, installed as ``lightning_eff.kernels``: one op per file, Triton + PyTorch reference.
+
+Each op runs a plugin's implementation, the Triton kernel (CUDA, or the interpreter on CPU under
+``TRITON_INTERPRET=1``) or the PyTorch reference, decided per call (see ``_dispatch``), and is a
+``torch.library`` custom op, so ``torch.compile`` sees one node per op. ``docs/kernels.md`` has the
+rules; :mod:`lightning_eff.kernels.testing` the shared correctness helpers.
+"""
+
+from lightning_eff.kernels.cross_entropy import cross_entropy_logsumexp, per_sample_cross_entropy
+from lightning_eff.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+from lightning_eff.kernels.norms import layer_norm, rms_norm
+
+__all__ = [
+    "cross_entropy_logsumexp",
+    "fused_linear_cross_entropy",
+    "layer_norm",
+    "per_sample_cross_entropy",
+    "rms_norm",
+]

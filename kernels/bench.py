@@ -1,0 +1,353 @@
+"""Kernel benchmark: correctness at real sizes, then time per implementation, against ceilings
+measured in the same run.
+
+    python -m lightning_eff.kernels.bench [--out results.csv] [--repeats 20]
+
+On a GPU, every case is first checked against its float64 reference, then timed (median of
+``--repeats`` CUDA-event timings after warm-up; inputs are larger than the 50 MB L2 of an H100, so
+each run streams from HBM) for: ``lightning_eff`` (the Triton path), ``reference`` (the PyTorch
+reference, i.e. the CPU production path run on the GPU), ``torch.compile(reference)``,
+``torch`` (the stock PyTorch op where there is one) and ``liger`` (Liger Kernel, when it imports).
+Memory-bound ops report GB/s as a percentage of the measured copy bandwidth, GEMM-bound ones
+TFLOP/s of the measured bf16 GEMM rate. The CSV has one row per (op, impl), with peak memory,
+date, device and versions; commit it under ``docs/benchmarks/``.
+
+Without CUDA it checks correctness only, at small sizes, through Triton's interpreter (re-running
+itself with ``TRITON_INTERPRET=1`` when needed), and says that timings need a GPU.
+``main(argv)`` is the entry point for ``lightning-eff bench kernels``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import importlib
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning_eff.kernels import _dispatch, layer_norm, per_sample_cross_entropy, rms_norm
+from lightning_eff.kernels import testing as kt
+from lightning_eff.kernels.cross_entropy import cross_entropy_forward_reference
+from lightning_eff.kernels.norms import norm_forward_reference
+from torch import Tensor
+
+flce = importlib.import_module("lightning_eff.kernels.fused_linear_cross_entropy")
+
+COLUMNS = ["date", "device", "torch", "triton", "op", "shape", "dtype", "impl", "ms", "throughput", "unit",
+           "pct_of_ceiling", "peak_memory_mb", "max_rel_error", "status"]
+
+
+@dataclass
+class Case:
+    """One op at one size: how to make inputs, run it (outputs to check) and judge it."""
+
+    op: str
+    shape: str
+    dtype: torch.dtype
+    make: Callable[[], tuple]
+    run: Callable[..., tuple[Tensor, ...]]  # ours: outputs (and gradients) to compare
+    expected: Callable[..., tuple[Tensor, ...]]  # the same, from the float64 reference
+    bytes_moved: int = 0  # minimal HBM traffic, for GB/s
+    flops: int = 0  # for TFLOP/s (GEMM-bound ops)
+    baselines: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+@contextmanager
+def forced_backend(name: str):
+    old = os.environ.get(_dispatch.BACKEND_ENV)
+    os.environ[_dispatch.BACKEND_ENV] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(_dispatch.BACKEND_ENV, None)
+        else:
+            os.environ[_dispatch.BACKEND_ENV] = old
+
+
+def _grad(outputs: Tensor, inputs: list[Tensor], grad_output: Tensor) -> tuple[Tensor, ...]:
+    return torch.autograd.grad(outputs, inputs, grad_output)
+
+
+# --- cases ---------------------------------------------------------------------------------------
+
+
+def cross_entropy_case(rows: int, classes: int, dtype: torch.dtype, device: str, backward: bool) -> Case:
+    def make():
+        logits = (torch.randn(rows, classes, device=device) * 3).to(dtype).requires_grad_(backward)
+        targets = torch.randint(0, classes, (rows,), device=device)
+        targets[::11] = -100
+        return logits, targets, torch.randn(rows, device=device)
+
+    def ours(logits, targets, g):
+        loss = per_sample_cross_entropy(logits, targets)
+        return (loss, *_grad(loss, [logits], g)) if backward else (loss,)
+
+    def expected(logits, targets, g):
+        loss = kt.float64_reference(cross_entropy_forward_reference, logits, targets)[0]
+        if not backward:
+            return (loss,)
+        fn = lambda x: cross_entropy_forward_reference(x, targets)[0]
+        return (loss, *kt.float64_gradients(fn, [logits], [g], wrt=[0]))
+
+    def torch_op(logits, targets, g):
+        loss = F.cross_entropy(logits.float(), targets, reduction="none")
+        return _grad(loss, [logits], g) if backward else loss
+
+    baselines = _baselines(device, {"torch": torch_op, "torch.compile(torch)": torch_op})
+    liger = _liger(device, "LigerCrossEntropyLoss", reduction="none")
+    if liger is not None:
+        baselines["liger"] = lambda x, t, g: (_grad(liger(x, t), [x], g) if backward else liger(x, t))
+    element = torch.finfo(dtype).bits // 8
+    return Case(
+        "per_sample_cross_entropy" + ("+backward" if backward else ""), f"{rows}x{classes}", dtype, make, ours,
+        expected, bytes_moved=(3 if backward else 1) * rows * classes * element, baselines=baselines,
+    )
+
+
+def norm_case(name: str, rows: int, cols: int, dtype: torch.dtype, device: str) -> Case:
+    center = name == "layer_norm"
+    eps = 1e-5 if center else 1e-6
+
+    def make():
+        x = torch.randn(rows, cols, device=device).to(dtype).requires_grad_(True)
+        w = torch.randn(cols, device=device).to(dtype).requires_grad_(True)
+        b = torch.randn(cols, device=device).to(dtype).requires_grad_(True) if center else None
+        return x, w, b, torch.randn(rows, cols, device=device).to(dtype)
+
+    def params(x, w, b):
+        return [x, w] + ([b] if b is not None else [])
+
+    def ours(x, w, b, dy):
+        y = layer_norm(x, w, b, eps) if center else rms_norm(x, w, eps)
+        return (y, *_grad(y, params(x, w, b), dy))
+
+    def reference(x, w, b):
+        return norm_forward_reference(x, w, b, eps, center)[0]
+
+    def expected(x, w, b, dy):
+        wrt = [0, 1, 2] if center else [0, 1]
+        return (kt.float64_reference(reference, x, w, b), *kt.float64_gradients(reference, [x, w, b], [dy], wrt=wrt))
+
+    def torch_op(x, w, b, dy):
+        y = F.layer_norm(x, (cols,), w, b, eps) if center else F.rms_norm(x, (cols,), w, eps)
+        return _grad(y, params(x, w, b), dy)
+
+    def fp32_formula(x, w, b, dy):
+        return _grad(reference(x, w, b), params(x, w, b), dy)
+
+    baselines = _baselines(device, {"torch": torch_op, "torch.compile(reference)": fp32_formula})
+    liger = _liger(device, "LigerLayerNorm" if center else "LigerRMSNorm", cols, eps=eps)
+    if liger is not None:
+        liger = liger.to(device=device, dtype=dtype)
+        baselines["liger"] = lambda x, w, b, dy: _grad(liger(x), [x, *liger.parameters()], dy)
+    element = torch.finfo(dtype).bits // 8
+    return Case(name + "+backward", f"{rows}x{cols}", dtype, make, ours, expected,
+                bytes_moved=5 * rows * cols * element, baselines=baselines)  # fwd: x, y; bwd: x, dy, dx
+
+
+def fused_linear_case(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, device: str) -> Case:
+    def make():
+        h = (torch.randn(tokens, hidden, device=device)).to(dtype).requires_grad_(True)
+        w = (torch.randn(vocab, hidden, device=device) / hidden**0.5).to(dtype).requires_grad_(True)
+        t = torch.randint(0, vocab, (tokens,), device=device)
+        return h, w, t, torch.randn(tokens, device=device)
+
+    def ours(h, w, t, g):
+        loss = flce.fused_linear_cross_entropy(h, w, t)
+        return (loss, *_grad(loss, [h, w], g))
+
+    def expected(h, w, t, g):
+        ref = lambda h, w: flce.fused_linear_cross_entropy_reference(h, w, t)
+        return (kt.float64_reference(ref, h, w), *kt.float64_gradients(ref, [h, w], [g], wrt=[0, 1]))
+
+    def unfused(h, w, t, g):
+        return _grad(F.cross_entropy((h @ w.T).float(), t, reduction="none"), [h, w], g)
+
+    baselines = _baselines(device, {"torch (unfused)": unfused, "torch.compile(unfused)": unfused})
+    liger = _liger(device, "LigerFusedLinearCrossEntropyLoss", reduction="sum")  # its backward assumes a scalar
+    if liger is not None:
+        baselines["liger (sum)"] = lambda h, w, t, g: torch.autograd.grad(liger(w, h, t), [h, w])
+    # 6 N H V: the model FLOPs of forward + backward (ours spends 8 N H V: it recomputes the logits).
+    return Case("fused_linear_cross_entropy+backward", f"{tokens}x{hidden}->{vocab}", dtype, make, ours, expected,
+                flops=6 * tokens * hidden * vocab, baselines=baselines)
+
+
+def gpu_cases() -> list[Case]:
+    # Every input is larger than an H100's 50 MB L2.
+    bf16 = torch.bfloat16
+    return [
+        cross_entropy_case(8192, 32768, bf16, "cuda", backward=False),
+        cross_entropy_case(8192, 32768, bf16, "cuda", backward=True),
+        cross_entropy_case(4096, 131072, bf16, "cuda", backward=True),
+        norm_case("rms_norm", 16384, 4096, bf16, "cuda"),
+        norm_case("layer_norm", 16384, 4096, bf16, "cuda"),
+        fused_linear_case(8192, 4096, 32768, bf16, "cuda"),
+    ]
+
+
+def cpu_cases() -> list[Case]:
+    # Small: the interpreter runs one Python step per program.
+    return [
+        cross_entropy_case(8, 300, torch.float32, "cpu", backward=True),
+        cross_entropy_case(8, 300, torch.bfloat16, "cpu", backward=True),
+        norm_case("rms_norm", 20, 257, torch.float16, "cpu"),
+        norm_case("layer_norm", 20, 257, torch.float16, "cpu"),
+        fused_linear_case(24, 64, 300, torch.float32, "cpu"),
+    ]
+
+
+def _baselines(device: str, fns: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    """What ours is timed against, compiled where the name says so; none on CPU (no timings there)."""
+    if device != "cuda":
+        return {}
+    return {name: torch.compile(fn) if name.startswith("torch.compile") else fn for name, fn in fns.items()}
+
+
+def _liger(device: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    if device != "cuda":
+        return None
+    try:
+        return getattr(importlib.import_module("liger_kernel.transformers"), name)(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - not installed, or an API that moved: benchmark without it
+        return None
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def check(case: Case, backend: str) -> tuple[float, str]:
+    """Largest normalised max error over the case's outputs through ``backend``, and a status."""
+    inputs = case.make()
+    with forced_backend(backend):
+        actual = case.run(*inputs)
+    expected = case.expected(*inputs)
+    worst = 0.0
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        try:
+            worst = max(worst, kt.assert_matches_reference(a, e, dtype=case.dtype, name=f"output {i}").max_rel)
+        except AssertionError as exc:
+            return kt.compare(a, e).max_rel, f"FAIL: {exc}"
+    return worst, "ok"
+
+
+def time_cuda(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """(median ms, peak MB allocated above the starting point)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def ceilings(repeats: int) -> dict[str, float]:
+    """Measured copy bandwidth (GB/s, read + write) and dense bf16 GEMM rate (TFLOP/s)."""
+    src = torch.empty(2**29, dtype=torch.uint8, device="cuda").random_(0, 255)  # 512 MiB
+    dst = torch.empty_like(src)
+    copy_ms, _ = time_cuda(lambda: dst.copy_(src), repeats)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    gemm_ms, _ = time_cuda(lambda: a @ b, repeats)
+    return {"GB/s": 2 * src.numel() / copy_ms / 1e6, "TFLOP/s": 2 * 8192**3 / gemm_ms / 1e9}
+
+
+def _versions() -> dict[str, str]:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    triton_version = getattr(_dispatch.triton, "__version__", "not installed")
+    return {"date": dt.date.today().isoformat(), "device": device, "torch": torch.__version__, "triton": triton_version}
+
+
+def run_gpu(repeats: int) -> list[dict[str, Any]]:
+    limits = ceilings(repeats)
+    print(f"ceilings: copy {limits['GB/s']:.0f} GB/s, bf16 GEMM {limits['TFLOP/s']:.0f} TFLOP/s")
+    rows = []
+    for case in gpu_cases():
+        error, status = check(case, "triton")
+        impls: dict[str, Callable[..., Any]] = {
+            "lightning_eff": lambda *a, c=case: _forced(c.run, "triton", *a),
+            "reference": lambda *a, c=case: _forced(c.run, "torch", *a),
+            **case.baselines,
+        }
+        for impl, fn in impls.items():
+            row = {"op": case.op, "shape": case.shape, "dtype": str(case.dtype).removeprefix("torch."), "impl": impl}
+            try:
+                inputs = case.make()
+                ms, peak = time_cuda(lambda fn=fn, inputs=inputs: fn(*inputs), repeats)
+                unit, amount = ("TFLOP/s", case.flops / ms / 1e9) if case.flops else ("GB/s", case.bytes_moved / ms / 1e6)
+                row.update(ms=f"{ms:.4f}", throughput=f"{amount:.1f}", unit=unit,
+                           pct_of_ceiling=f"{100 * amount / limits[unit]:.1f}", peak_memory_mb=f"{peak:.0f}",
+                           status=status if impl == "lightning_eff" else "ok")
+                if impl == "lightning_eff":
+                    row["max_rel_error"] = f"{error:.3g}"
+            except Exception as exc:  # noqa: BLE001 - one failing baseline must not end the run
+                row["status"] = f"error: {type(exc).__name__}: {exc}"[:300]
+            finally:
+                inputs = None
+                torch.cuda.empty_cache()
+            rows.append(row)
+            print(f"{case.op:40s} {case.shape:>18s} {impl:26s} {row.get('ms', '-'):>10s} ms "
+                  f"{row.get('pct_of_ceiling', '-'):>6s} % {row['status'][:60]}")
+    return rows
+
+
+def _forced(fn: Callable[..., Any], backend: str, *args: Any) -> Any:
+    with forced_backend(backend):
+        return fn(*args)
+
+
+def run_cpu() -> list[dict[str, Any]]:
+    """Correctness of the Triton path (interpreter) and the reference at small sizes; no timings."""
+    backends = ["triton", "torch"] if _dispatch.INTERPRETED else ["torch"]
+    rows = []
+    for case in cpu_cases():
+        for backend in backends:
+            error, status = check(case, backend)
+            impl = "lightning_eff (interpreter)" if backend == "triton" else "reference"
+            rows.append({"op": case.op, "shape": case.shape, "dtype": str(case.dtype).removeprefix("torch."),
+                         "impl": impl, "max_rel_error": f"{error:.3g}", "status": status})
+            print(f"{case.op:40s} {case.shape:>12s} {impl:28s} max rel error {error:.2g}  {status[:80]}")
+    print("timings need a GPU: this run checked correctness only (no CUDA device)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_eff.kernels.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the results to this CSV file")
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per implementation (GPU)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available() and _dispatch.triton is not None and not _dispatch.INTERPRETED:
+        # Kernels are interpreted only if TRITON_INTERPRET was set before they were defined.
+        env = {**os.environ, _dispatch.INTERPRET_ENV: "1"}
+        return subprocess.call([sys.executable, "-m", "lightning_eff.kernels.bench", *(argv or sys.argv[1:])], env=env)
+    rows = run_gpu(args.repeats) if torch.cuda.is_available() else run_cpu()
+    stamp = _versions()
+    rows = [{**stamp, **row} for row in rows]
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} rows to {args.out}")
+    return 1 if any(row.get("status", "").startswith("FAIL") for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""The kernel benchmark's CPU mode: correctness of every op through the interpreter, a CSV, and a
+non-zero exit when a kernel is wrong."""
+
+import csv
+
+import pytest
+import torch
+from lightning_eff.kernels import _dispatch, bench
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU mode runs only without CUDA")
+
+
+def test_cpu_mode_checks_every_op_and_writes_a_csv(tmp_path, capsys):
+    out = tmp_path / "kernels.csv"
+    assert bench.main(["--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {r["op"] for r in rows} == {
+        "per_sample_cross_entropy+backward", "rms_norm+backward", "layer_norm+backward",
+        "fused_linear_cross_entropy+backward",
+    }
+    assert all(r["status"] == "ok" and float(r["max_rel_error"]) < 0.02 for r in rows)
+    assert all(r["device"] == "cpu" and r["torch"] == torch.__version__ and r["ms"] == "" for r in rows)
+    if _dispatch.INTERPRETED:
+        assert {r["impl"] for r in rows} == {"lightning_eff (interpreter)", "reference"}
+    assert "timings need a GPU" in capsys.readouterr().out
+
+
+def test_a_wrong_kernel_fails_the_run(monkeypatch, tmp_path):
+    case = bench.norm_case("rms_norm", 4, 8, torch.float32, "cpu")
+    broken_run = case.run
+    case.run = lambda x, w, b, dy: tuple(o * 1.01 for o in broken_run(x, w, b, dy))
+    monkeypatch.setattr(bench, "cpu_cases", lambda: [case])
+    out = tmp_path / "kernels.csv"
+    assert bench.main(["--out", str(out)]) == 1
+    assert all(r["status"].startswith("FAIL") for r in csv.DictReader(out.open()))
