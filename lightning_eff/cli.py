@@ -117,6 +117,10 @@ def _add_builtin_commands(group: click.Group) -> None:
 
     group.add_command(bench)
 
+    from lightning_eff.new import new
+
+    group.add_command(new)
+
 
 def main(argv: list[str] | None = None) -> None:
     _add_builtin_commands(cli)

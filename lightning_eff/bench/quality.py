@@ -8,6 +8,7 @@ is never credited with a time at which nobody measured it (resolution: one evalu
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class Spread:
 
 def reaches(quality: float, target: float, higher_is_better: bool, tolerance: float = 0.0) -> bool:
     """Whether ``quality`` is at least as good as ``target`` (give or take ``tolerance``)."""
-    if quality != quality:  # NaN never reaches anything
+    if math.isnan(quality):  # NaN never reaches anything
         return False
     return quality >= target - tolerance if higher_is_better else quality <= target + tolerance
 

@@ -46,3 +46,31 @@ def test_check_rejects_a_bad_recipe_with_every_problem(tmp_path, example_registr
     result = invoke("check", str(path))
     assert result.exit_code != 0
     assert "keep=3" in result.output and "unknown technique 'missing'" in result.output
+
+
+def test_bench_kernels_subcommand_checks_every_kernel_op_and_writes_the_csv(tmp_path):
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "kernels.csv"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "lightning_eff.cli", "bench", "kernels", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    from lightning_eff.kernels import bench
+
+    rows = list(csv.DictReader(out.open()))
+    assert {r["op"] for r in rows} == {case.op for case in bench.cpu_cases()}
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_bench_without_a_subcommand_still_takes_its_options(tmp_path):
+    from lightning_eff.bench.command import bench
+
+    result = CliRunner().invoke(bench, ["--task", "nope", "--quiet", "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "unknown bench task 'nope'" in result.output

@@ -1,0 +1,126 @@
+"""The comparison table, as rows of formatted cells shared by the terminal and the HTML report.
+
+Every number shown is formatted here from a :class:`BenchResult`, so the printed table, the HTML
+table and ``results.json`` cannot disagree (a test re-renders the table from the JSON file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning_eff.bench.quality import spread
+from lightning_eff.bench.schema import BenchResult, Spread
+
+DID_NOT_REACH = "did not reach"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    baseline: str
+    recipe: str
+    ratio: str
+
+
+def fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "int":
+        return f"{round(value):,}"
+    if kind == "seconds":
+        return f"{value:.2f}"
+    if kind == "quality":
+        return f"{value:.4f}"
+    if kind == "fraction":
+        return f"{value:.3f}"
+    return f"{value:.1f}"
+
+
+def fmt_spread(spread: Spread | None, suffix: str = "") -> str:
+    if spread is None:
+        return "-"
+    return f"{spread.min:.2f}{suffix} / {spread.median:.2f}{suffix} / {spread.max:.2f}{suffix}"
+
+
+# (label, summary key, kind, show a recipe/baseline ratio)
+ROWS = (
+    ("wall time (s)", "wall_seconds", "seconds", True),
+    ("training time (s)", "train_seconds", "seconds", True),
+    ("throughput (samples/s)", "samples_per_second", "rate", True),
+    ("throughput (tokens/s)", "tokens_per_second", "rate", True),
+    ("peak memory (MB)", "peak_memory_mb", "rate", True),
+    ("parameters", "parameters", "int", True),
+    ("nonzero parameters", "nonzero_parameters", "int", True),
+    ("sparsity", "sparsity", "fraction", False),
+    ("frozen fraction", "frozen_fraction", "fraction", False),
+    ("samples skipped", "samples_skipped", "int", False),
+    ("experts", "experts", "int", False),
+)
+OPTIONAL = {"tokens_per_second", "samples_skipped", "experts"}  # shown only when measured
+
+
+def time_to_quality_row(result: BenchResult) -> Row:
+    s = result.summary
+    if s.reached == 0:
+        recipe, ratio = DID_NOT_REACH, DID_NOT_REACH
+    else:
+        recipe = fmt(s.recipe["time_to_quality"], "seconds")
+        ratio = "speed-up " + fmt_spread(s.speedup, "x")
+        if s.reached < s.repeats:
+            recipe += f" ({s.reached}/{s.repeats} reached)"
+            ratio += f" ({s.repeats - s.reached} did not reach)"
+    return Row("time to quality (s)", fmt(s.baseline["time_to_quality"], "seconds"), recipe, ratio)
+
+
+def table_rows(result: BenchResult) -> list[Row]:
+    s = result.summary
+    label = result.task.metric.split("/")[-1]
+    delta = spread([c.quality_delta for c in result.comparisons])
+    rows = [
+        time_to_quality_row(result),
+        Row(
+            f"final {label} ({'higher' if result.task.higher_is_better else 'lower'} is better)",
+            fmt(s.baseline["final_quality"], "quality"),
+            fmt(s.recipe["final_quality"], "quality"),
+            "delta " + " / ".join(f"{v:+.4f}" for v in (delta.min, delta.median, delta.max)) if delta else "-",
+        ),
+    ]
+    for text, key, kind, with_ratio in ROWS:
+        base, rec = s.baseline.get(key), s.recipe.get(key)
+        if key in OPTIONAL and base is None and rec is None:
+            continue
+        rows.append(Row(text, fmt(base, kind), fmt(rec, kind), fmt_spread(s.ratios.get(key)) if with_ratio else ""))
+    return rows
+
+
+def verdict_line(result: BenchResult) -> str:
+    s = result.summary
+    metric = result.task.metric.split("/")[-1]
+    target = fmt(s.baseline["final_quality"], "quality")
+    if s.reached == 0:
+        return f"verdict: did not reach: the recipe never reached the baseline's final {metric} ({target}, median) in {s.repeats} repeat(s)"
+    if s.reached < s.repeats:
+        return f"verdict: {s.verdict}: no speed-up is claimed while a repeat misses the baseline's {metric} ({target}, median)"
+    return (
+        f"verdict: {s.verdict}: reached the baseline's final {metric} in {s.reached}/{s.repeats} repeats; "
+        f"speed-up (baseline / recipe time-to-quality) min / median / max = {fmt_spread(s.speedup, 'x')}"
+    )
+
+
+def format_table(result: BenchResult) -> str:
+    header = Row("", "baseline (median)", "recipe (median)", "recipe / baseline: min / median / max")
+    rows = [header, *table_rows(result)]
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("label", "baseline", "recipe")]
+    lines = [
+        (
+            f"lightning-eff bench: task {result.task.name} ({result.task.description}), recipe {result.recipe.name}, "
+            f"{result.method.repeats} repeat(s), {result.task.max_steps} steps, device {result.environment.device}"
+        )
+    ]
+    for i, r in enumerate(rows):
+        lines.append(f"  {r.label:<{widths[0]}}  {r.baseline:>{widths[1]}}  {r.recipe:>{widths[2]}}  {r.ratio}".rstrip())
+        if i == 0:
+            lines.append("  " + "-" * (sum(widths) + 4 + len(header.ratio) + 2))
+    lines.append(verdict_line(result))
+    lines += [f"warning: {w}" for w in result.warnings]
+    return "\n".join(lines)

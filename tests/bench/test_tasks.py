@@ -1,0 +1,78 @@
+"""Each embedded task trains for a few steps through the harness and its quality metric moves."""
+
+import pytest
+from bench_techniques import EMPTY
+
+from lightning_eff.bench.runner import RunPlan, run_once
+from lightning_eff.bench.tasks import get_task
+from lightning_eff.bench.tasks.base import BenchTask
+from lightning_eff.recipe import load_recipe
+
+
+def train(task: BenchTask, steps: int):
+    plan = RunPlan(task=task, recipe=load_recipe(EMPTY), max_steps=steps, eval_every=steps, accelerator="cpu", progress_bar=False)
+    return run_once(plan, "baseline", repeat=0, seed=0)
+
+
+def test_vision_accuracy_rises_from_chance():
+    run = train(get_task("vision"), steps=25)
+    before, after = run.curve[0].quality, run.curve[-1].quality
+    assert before < 0.3 and after > before + 0.3
+
+
+def test_vision_label_noise_flips_only_training_labels():
+    from lightning_eff.bench.tasks.vision import digits_splits
+
+    clean, noisy = digits_splits(0.0), digits_splits(0.3)
+    flipped = (noisy["y_train"] != clean["y_train"]).sum().item()
+    assert flipped == round(0.3 * len(clean["y_train"]))
+    assert (noisy["y_val"] == clean["y_val"]).all()
+    assert (noisy["y_train_clean"] == clean["y_train"]).all()
+
+
+def test_vision_model_exposes_blocks_and_linear_layers():
+    from torch import nn
+
+    module = get_task("vision").make_module()
+    assert len(module.blocks) == 3
+    assert any(isinstance(m, nn.Linear) for m in module.blocks.modules())
+
+
+def test_lm_validation_loss_falls():
+    run = train(get_task("lm"), steps=8)
+    assert run.curve[-1].quality < run.curve[0].quality - 0.3  # nats per byte; starts near ln(256) = 5.5
+    assert run.tokens == 8 * 16 * 64 and run.tokens_per_second > 0
+
+
+def test_lm_is_a_transformers_llama_and_validation_documents_are_held_out():
+    from transformers import LlamaForCausalLM
+
+    from lightning_eff.bench.tasks.lm import TRAIN_BYTES, VAL_BYTES, byte_windows
+
+    task = get_task("lm")
+    assert isinstance(task.make_module().model, LlamaForCausalLM)
+    docs = byte_windows(64, TRAIN_BYTES, VAL_BYTES)["documents"]
+    assert docs["val"] and docs["train"] and not set(docs["val"]) & set(docs["train"])
+
+
+@pytest.mark.slow
+def test_finetune_accuracy_rises():
+    from lightning_eff.bench.tasks.finetune import MiniLMClassifier
+
+    task = get_task("finetune")
+    task.make_module = lambda: MiniLMClassifier(lr=3e-4)  # a few steps must move it
+    run = train(task, steps=8)
+    assert run.curve[-1].quality > run.curve[0].quality + 0.1
+
+
+def test_finetune_labels_are_balanced_and_validation_texts_unseen():
+    from lightning_eff.bench.tasks.finetune import PACKAGES, package_docstrings
+
+    for package in PACKAGES:
+        docs = package_docstrings(package)
+        assert len(docs) == len(set(docs)) >= 100, package
+    split_of = {}
+    for package in PACKAGES:
+        for i, doc in enumerate(package_docstrings(package)):
+            split_of.setdefault(doc, set()).add("val" if i % 5 == 0 else "train")
+    assert all(len(s) == 1 for s in split_of.values())  # no docstring is in both splits
