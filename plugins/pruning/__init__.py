@@ -2,7 +2,15 @@
 
 from lightning_eff import hookimpl
 
+from .gradual import GradualPruning
+from .nm import NMSparsity, nm_sparse_ste
+from .structured import StructuredPruning
+
+__all__ = ["GradualPruning", "NMSparsity", "StructuredPruning", "nm_sparse_ste"]
+
 
 @hookimpl
 def leff_register_techniques(register):
-    pass
+    register(GradualPruning)
+    register(NMSparsity)
+    register(StructuredPruning)
