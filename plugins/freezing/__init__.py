@@ -2,7 +2,25 @@
 
 from lightning_eff import hookimpl
 
+from .adaptive import AdaptiveFreezing
+from .blocks import Blocks, find_blocks
+from .freeze_out import FreezeOut
+from .progressive import ProgressiveFreezing
+from .selective import SelectiveFinetuning
+
+__all__ = [
+    "AdaptiveFreezing",
+    "Blocks",
+    "FreezeOut",
+    "ProgressiveFreezing",
+    "SelectiveFinetuning",
+    "find_blocks",
+]
+
 
 @hookimpl
 def leff_register_techniques(register):
-    pass
+    register(ProgressiveFreezing)
+    register(FreezeOut)
+    register(AdaptiveFreezing)
+    register(SelectiveFinetuning)

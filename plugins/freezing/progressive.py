@@ -1,0 +1,91 @@
+"""Progressive layer freezing (Composer's ``LayerFreezing``; FreezeOut's idea without its LR schedule).
+
+The frozen fraction of the blocks is 0 until ``start``, then rises linearly to ``level`` at ``end``;
+after optimizer step t the first ``floor(fraction(t) * L)`` blocks are frozen. Input-side blocks go
+first: only a frozen prefix saves backward compute (autograd stops where nothing needs a gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pydantic import Field, model_validator
+
+from .base import PREFIX_SCHEDULES, FreezingConfig, FreezingTechnique
+from .freezer import BlockFreezer
+from .schedules import frozen_block_count, progressive_fraction
+from .timing import StepOrFraction, resolve_step
+
+
+class ProgressiveFreezingConfig(FreezingConfig):
+    start: StepOrFraction = Field(
+        0.5, description="freezing starts after this optimizer step (int) or fraction of the run"
+    )
+    end: StepOrFraction = Field(1.0, description="step (int) or fraction at which `level` is reached")
+    level: float = Field(1.0, gt=0.0, le=1.0, description="fraction of the blocks frozen at `end`")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ProgressiveFreezingConfig:
+        if isinstance(self.start, float) == isinstance(self.end, float) and self.start >= self.end:
+            raise ValueError(f"start={self.start} must be before end={self.end}")
+        return self
+
+
+class ProgressiveFreezing(FreezingTechnique):
+    """Freeze a growing input-side prefix of the blocks: 0 until `start`, linear to `level` at `end`."""
+
+    name = "progressive_freezing"
+    conflicts = tuple(n for n in PREFIX_SCHEDULES if n != "progressive_freezing")
+    Config = ProgressiveFreezingConfig
+
+    def __init__(
+        self,
+        start: float = 0.5,
+        end: float = 1.0,
+        level: float = 1.0,
+        blocks: Sequence[str] = (),
+    ) -> None:
+        super().__init__(start=start, end=end, level=level, blocks=tuple(blocks))
+        self.start_step = self.end_step = 0
+
+    def _steps(self, total: float) -> tuple[int, int]:
+        return resolve_step(self.config.start, total), resolve_step(self.config.end, total)
+
+    def prepare(self, trainer, pl_module) -> None:
+        self.start_step, self.end_step = self._steps(self.total_steps)
+
+    def prefix_at(self, step: int) -> int:
+        c = self.config
+        return frozen_block_count(
+            progressive_fraction(step, self.start_step, self.end_step, c.level), len(self.freezer)
+        )
+
+    def schedule_problems(self, trainer, freezer: BlockFreezer) -> list[str]:
+        c, total_steps = self.config, float(trainer.estimated_stepping_batches)
+        try:
+            start, end = self._steps(total_steps)
+        except ValueError as exc:
+            return [f"start={c.start}/end={c.end} use fractions but {exc}"]
+        problems = []
+        if start >= end:
+            problems.append(
+                f"start={c.start} (step {start}) is not before end={c.end} (step {end}): make start earlier than end"
+            )
+        blocks = len(freezer)
+        if frozen_block_count(c.level, blocks) == 0:
+            problems.append(
+                f"level={c.level} freezes floor({c.level} * {blocks}) = 0 of the {blocks} blocks: "
+                f"raise level to at least {1 / blocks:.3g} or name finer blocks with `blocks`"
+            )
+        # The last optimizer step is total - 1: the prefix frozen after it never trains again anyway.
+        if math.isfinite(total_steps):
+            most = frozen_block_count(progressive_fraction(int(total_steps) - 1, start, end, c.level), blocks)
+        else:
+            most = frozen_block_count(c.level, blocks)
+        if self.everything_frozen(freezer, most):
+            problems.append(
+                f"level={c.level} with end={c.end} freezes every trainable parameter while training continues: "
+                "lower level (e.g. 0.75) or move end to 1.0"
+            )
+        return problems
