@@ -132,9 +132,14 @@ def test_built_wheel_contains_and_imports_plugins_kernels_and_recipes(tmp_path):
         "lightning_eff/plugins/__init__.py",
         "lightning_eff/plugins/pruning/__init__.py",
         "lightning_eff/kernels/__init__.py",
+        "lightning_eff/recipes/quickstart.yaml",
+        "lightning_eff/templates/project/cookiecutter.json",
+        "lightning_eff/templates/plugin/cookiecutter.json",
     ):
-        assert expected in names
-    assert not any(n.startswith(("plugins/", "kernels/", "tests/")) for n in names)
+        assert expected in names, expected
+    assert any(n.startswith("lightning_eff/templates/plugin/{{cookiecutter.project_slug}}/") for n in names)
+    assert not any(n.startswith(("plugins/", "kernels/", "tests/", "templates/")) for n in names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))
     ).decode()
@@ -144,10 +149,12 @@ def test_built_wheel_contains_and_imports_plugins_kernels_and_recipes(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True)
     probe = (
         "import lightning_eff, lightning_eff.plugins.pruning, lightning_eff.kernels;"
-        "print(lightning_eff.__file__)"
+        "from lightning_eff.new import templates_root; from lightning_eff.recipe import load_recipe;"
+        "load_recipe('quickstart'); print(lightning_eff.__file__); print(templates_root())"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(target)}, cwd=tmp_path,
         capture_output=True, text=True, check=True,
     ).stdout
-    assert out.strip().startswith(str(target))
+    package_path, templates_path = out.strip().splitlines()
+    assert package_path.startswith(str(target)) and templates_path.startswith(str(target))
