@@ -315,6 +315,27 @@ def every(interval_steps: int, t: int, t_start: int = 0) -> bool:
     return t >= t_start and (t - t_start) % interval_steps == 0
 
 
+def check_window(
+    start: TimePoint,
+    end: TimePoint,
+    interval: TimePoint | None = None,
+    what: str = "a schedule",
+    interval_name: str = "update_every",
+    empty_ok: bool = True,
+) -> None:
+    """Config-time checks of a ``[start, end]`` window (``ValueError``, which pydantic reports).
+
+    Points in different units (steps vs. a fraction) can only be compared once the run's length is
+    known; preflight does that. ``empty_ok=False`` also refuses ``start == end``.
+    """
+    if start.unit == end.unit and start.value > end.value:
+        raise ValueError(f"start={start.plain()} is after end={end.plain()}: {what} must start before it ends")
+    if start.unit == end.unit and start.value == end.value and not empty_ok:
+        raise ValueError(f"start={start.plain()} equals end={end.plain()}: {what} needs start before end")
+    if interval is not None and interval.value == 0:
+        raise ValueError(f"{interval_name} must be positive (1 = every optimizer step)")
+
+
 # -- a schedule as a config object -----------------------------------------------------------------
 
 
@@ -338,12 +359,7 @@ class Schedule(BaseModel):
 
     @model_validator(mode="after")
     def _start_not_after_end(self) -> Schedule:
-        if self.start.unit == self.end.unit and self.start.value > self.end.value:
-            raise ValueError(
-                f"start={self.start} is after end={self.end}: a schedule must start before it ends"
-            )
-        if self.interval.plain() in (0, 0.0):
-            raise ValueError(f"interval={self.interval} must be positive (1 = update every step)")
+        check_window(self.start, self.end, self.interval, interval_name="interval")
         return self
 
     def resolve(

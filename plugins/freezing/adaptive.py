@@ -19,17 +19,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
+
+from lightning_eff.schedule import TimeLike, TimePoint, to_steps
 
 from .base import PREFIX_SCHEDULES, FreezingConfig, FreezingTechnique
 from .freezer import BlockFreezer
 from .schedules import frozen_block_count, relative_changes, slow_prefix
-from .timing import Interval, StepOrFraction, resolve_step
 
 
 class AdaptiveFreezingConfig(FreezingConfig):
-    every: Interval = Field(
-        50, description="window length: optimizer steps (int) or fraction of the run between decisions"
+    every: TimePoint = Field(
+        50, validate_default=True, description="window length between decisions: steps (int), fraction of the run..."
     )
     percentile: float = Field(
         50.0, gt=0.0, le=100.0, description="a block is converged when its change is at most this percentile"
@@ -37,9 +38,16 @@ class AdaptiveFreezingConfig(FreezingConfig):
     max_fraction: float = Field(
         0.75, gt=0.0, lt=1.0, description="at most this fraction of the blocks is ever frozen"
     )
-    start: StepOrFraction = Field(
-        0, description="no block is frozen before this optimizer step (int) or fraction of the run"
+    start: TimePoint = Field(
+        0, validate_default=True, description="no block is frozen before this time point (steps, fraction...)"
     )
+
+    @field_validator("every")
+    @classmethod
+    def _positive_window(cls, every: TimePoint) -> TimePoint:
+        if every.value == 0:
+            raise ValueError("every must be positive (a window of at least 1 optimizer step)")
+        return every
 
 
 class AdaptiveFreezing(FreezingTechnique):
@@ -51,10 +59,10 @@ class AdaptiveFreezing(FreezingTechnique):
 
     def __init__(
         self,
-        every: float = 50,
+        every: TimeLike = 50,
         percentile: float = 50.0,
         max_fraction: float = 0.75,
-        start: float = 0,
+        start: TimeLike = 0,
         blocks: Sequence[str] = (),
     ) -> None:
         super().__init__(
@@ -69,8 +77,8 @@ class AdaptiveFreezing(FreezingTechnique):
 
     def prepare(self, trainer, pl_module) -> None:
         c, blocks = self.config, len(self.freezer)
-        self.every_steps = max(1, resolve_step(c.every, self.total_steps))
-        self.start_step = resolve_step(c.start, self.total_steps)
+        self.every_steps = max(1, to_steps(c.every, self.total_steps))
+        self.start_step = to_steps(c.start, self.total_steps)
         self.max_blocks = min(blocks - 1, frozen_block_count(c.max_fraction, blocks))
         self.window_sums = [0.0] * blocks
 
@@ -143,7 +151,7 @@ class AdaptiveFreezing(FreezingTechnique):
                 f"raise it to at least {1 / blocks:.3g} or name finer blocks with `blocks`"
             )
         try:
-            every, start = max(1, resolve_step(c.every, total)), resolve_step(c.start, total)
+            every, start = max(1, to_steps(c.every, total)), to_steps(c.start, total)
         except ValueError as exc:
             return problems + [f"every={c.every}/start={c.start} use fractions but {exc}"]
         first_decision = max(2 * every, -(-start // every) * every)  # decisions fall on multiples of every

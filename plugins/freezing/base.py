@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from lightning_eff import Technique, TechniqueConfig
+from lightning_eff.schedule import training_progress
 
 from .backward_timer import BackwardTimer
 from .blocks import Blocks, block_problems, find_blocks
 from .freezer import BlockFreezer
-from .timing import total_steps_of
 
 #: the techniques that each own a schedule over the same prefix: two of them would fight over it
 PREFIX_SCHEDULES = ("progressive_freezing", "freeze_out", "adaptive_freezing")
@@ -73,7 +73,7 @@ class FreezingTechnique(Technique):
         if stage != "fit":
             return
         self.freezer = BlockFreezer(pl_module, self.find_blocks(pl_module))
-        self.total_steps = total_steps_of(trainer)
+        self.total_steps = training_progress(trainer, need_total=False)[1]
         self.prepare(trainer, pl_module)
 
     def prepare(self, trainer, pl_module) -> None:

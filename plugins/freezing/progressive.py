@@ -12,23 +12,23 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
+from lightning_eff.schedule import TimeLike, TimePoint, check_window, to_steps
+
 from .base import PREFIX_SCHEDULES, FreezingConfig, FreezingTechnique
 from .freezer import BlockFreezer
 from .schedules import frozen_block_count, progressive_fraction
-from .timing import StepOrFraction, resolve_step
 
 
 class ProgressiveFreezingConfig(FreezingConfig):
-    start: StepOrFraction = Field(
-        0.5, description="freezing starts after this optimizer step (int) or fraction of the run"
+    start: TimePoint = Field(
+        0.5, validate_default=True, description="freezing starts after this time point (steps, fraction, samples...)"
     )
-    end: StepOrFraction = Field(1.0, description="step (int) or fraction at which `level` is reached")
+    end: TimePoint = Field(1.0, validate_default=True, description="time point at which `level` is reached")
     level: float = Field(1.0, gt=0.0, le=1.0, description="fraction of the blocks frozen at `end`")
 
     @model_validator(mode="after")
     def _ordered(self) -> ProgressiveFreezingConfig:
-        if isinstance(self.start, float) == isinstance(self.end, float) and self.start >= self.end:
-            raise ValueError(f"start={self.start} must be before end={self.end}")
+        check_window(self.start, self.end, what="freezing", empty_ok=False)
         return self
 
 
@@ -41,8 +41,8 @@ class ProgressiveFreezing(FreezingTechnique):
 
     def __init__(
         self,
-        start: float = 0.5,
-        end: float = 1.0,
+        start: TimeLike = 0.5,
+        end: TimeLike = 1.0,
         level: float = 1.0,
         blocks: Sequence[str] = (),
     ) -> None:
@@ -50,7 +50,7 @@ class ProgressiveFreezing(FreezingTechnique):
         self.start_step = self.end_step = 0
 
     def _steps(self, total: float) -> tuple[int, int]:
-        return resolve_step(self.config.start, total), resolve_step(self.config.end, total)
+        return to_steps(self.config.start, total), to_steps(self.config.end, total)
 
     def prepare(self, trainer, pl_module) -> None:
         self.start_step, self.end_step = self._steps(self.total_steps)

@@ -18,12 +18,11 @@ from torch import Tensor
 
 from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.errors import ConfigError
-from lightning_eff.schedule import TimeLike, TimePoint, every, interpolate, to_steps
+from lightning_eff.schedule import TimeLike, TimePoint, check_window, every, interpolate, to_steps, training_progress
 
 from .masked import MASK_BUFFER, MaskedWeights
 from .masks import changed, global_masks, layerwise_masks, magnitude_scores
 from .targets import DEFAULT_TYPES, overlap_problems, select_modules, selection_problems
-from .timing import check_time_order, total_steps
 
 # --- the schedule (pure) ------------------------------------------------------------------------
 
@@ -64,7 +63,7 @@ class GradualPruningConfig(TechniqueConfig):
     def _ordered(self) -> GradualPruningConfig:
         if self.initial_sparsity > self.final_sparsity:
             raise ValueError(f"initial_sparsity={self.initial_sparsity} must not exceed final_sparsity={self.final_sparsity}")
-        check_time_order(self.start, self.end, self.update_every)
+        check_window(self.start, self.end, self.update_every, what="pruning")
         return self
 
 
@@ -124,7 +123,7 @@ class GradualPruning(Technique):
         taken = [n for n, m in selection.modules.items() if MASK_BUFFER in m._buffers]
         if taken:
             problems.append(f"modules {taken[:3]} already carry a '{MASK_BUFFER}' (another pruning technique?): exclude them")
-        total = total_steps(trainer)
+        total = training_progress(trainer, need_total=False)[1]
         try:
             start, end = to_steps(c.start, total), to_steps(c.end, total)
             to_steps(c.update_every, total)
@@ -147,7 +146,7 @@ class GradualPruning(Technique):
         if stage != "fit":
             return
         c = self.config
-        total = total_steps(trainer)
+        total = training_progress(trainer, need_total=False)[1]
         self.start_step, self.end_step = to_steps(c.start, total), to_steps(c.end, total)
         self.every = max(1, to_steps(c.update_every, total))
         self.rewind_step = to_steps(c.rewind_to, total) if c.rewind_to is not None else None

@@ -28,11 +28,10 @@ from torch import Tensor, nn
 
 from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.errors import ConfigError
-from lightning_eff.schedule import TimeLike, TimePoint, interpolate, to_steps
+from lightning_eff.schedule import TimeLike, TimePoint, check_window, interpolate, to_steps, training_progress
 
 from .masked import MASK_BUFFER, MaskedWeights
 from .targets import overlap_problems, select_modules, selection_problems
-from .timing import check_time_order, total_steps
 
 
 class _SparseSTE(torch.autograd.Function):
@@ -101,7 +100,7 @@ class NMSparsityConfig(TechniqueConfig):
     def _n_below_m(self) -> NMSparsityConfig:
         if self.n >= self.m:
             raise ValueError(f"n={self.n} must be smaller than m={self.m} (keep N of every M weights)")
-        check_time_order(self.flow_decay_start, self.flow_decay_end, self.update_every)
+        check_window(self.flow_decay_start, self.flow_decay_end, self.update_every, what="the gradient-flow decay")
         return self
 
 
@@ -171,7 +170,7 @@ class NMSparsity(Technique):
                 )
             if MASK_BUFFER in module._buffers:
                 problems.append(f"module '{name}' already carries a '{MASK_BUFFER}' (another pruning technique?): exclude it")
-        total = total_steps(trainer)
+        total = training_progress(trainer, need_total=False)[1]
         try:
             start, _ = to_steps(c.start, total), to_steps(c.update_every, total)
             flow = (to_steps(c.flow_decay_start, total), to_steps(c.flow_decay_end, total))
@@ -190,7 +189,7 @@ class NMSparsity(Technique):
         if stage != "fit":
             return
         c = self.config
-        total = total_steps(trainer)
+        total = training_progress(trainer, need_total=False)[1]
         self.start_step, self.every = to_steps(c.start, total), max(1, to_steps(c.update_every, total))
         self.flow_start, self.flow_end = to_steps(c.flow_decay_start, total), to_steps(c.flow_decay_end, total)
         self.masked = MaskedWeights(self._selection(pl_module).modules)

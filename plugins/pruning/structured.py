@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.errors import ConfigError
-from lightning_eff.schedule import TimeLike, TimePoint, to_steps
+from lightning_eff.schedule import TimeLike, TimePoint, check_window, to_steps, training_progress
 
 from .gradual import is_update_step, sparsity_at
 from .masks import count_for, prune_smallest
@@ -33,7 +33,6 @@ from .structure import (
     taylor_contribution,
 )
 from .targets import overlap_problems
-from .timing import check_time_order, total_steps
 
 
 def select_groups(groups: list[UnitGroup], include: tuple[str, ...], exclude: tuple[str, ...]):
@@ -61,7 +60,7 @@ class StructuredPruningConfig(TechniqueConfig):
 
     @model_validator(mode="after")
     def _ordered(self) -> StructuredPruningConfig:
-        check_time_order(self.start, self.end, self.update_every)
+        check_window(self.start, self.end, self.update_every, what="pruning")
         return self
 
 
@@ -121,7 +120,7 @@ class StructuredPruning(Technique):
             problems.append(f"every {c.kind} group is excluded: narrow exclude_names")
         problems += overlap_problems(self, trainer, pl_module)
         problems += self.strategy_problems(trainer)
-        total = total_steps(trainer)
+        total = training_progress(trainer, need_total=False)[1]
         try:
             start, end, _ = to_steps(c.start, total), to_steps(c.end, total), to_steps(c.update_every, total)
         except ConfigError as exc:
@@ -155,7 +154,7 @@ class StructuredPruning(Technique):
         if stage != "fit":
             return
         c = self.config
-        total = total_steps(trainer)
+        total = training_progress(trainer, need_total=False)[1]
         self.start_step, self.end_step = to_steps(c.start, total), to_steps(c.end, total)
         self.every = max(1, to_steps(c.update_every, total))
         self.groups = select_groups(find_groups(pl_module, c.kind), c.include_names, c.exclude_names)[0]

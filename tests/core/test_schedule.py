@@ -199,7 +199,7 @@ def test_every_rejects_a_zero_interval():
 
 
 def test_schedule_start_after_end_names_both_values():
-    with pytest.raises(ValidationError, match=r"start=500steps is after end=100steps"):
+    with pytest.raises(ValidationError, match=r"start=500 is after end=100"):
         Schedule(start=500, end=100)
 
 

@@ -148,7 +148,7 @@ def test_ddp_ranks_freeze_the_same_blocks(tmp_path):
     [
         ({"level": 1.5}, "level=1.5: Input should be less than or equal to 1"),
         ({"level": 0.0}, "level=0.0: Input should be greater than 0"),
-        ({"start": 0.6, "end": 0.4}, "start=0.6 must be before end=0.4"),
+        ({"start": 0.6, "end": 0.4}, "start=0.6 is after end=0.4"),
         ({"shape": "cubic"}, "unknown option 'shape'"),
     ],
 )
