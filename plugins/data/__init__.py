@@ -6,7 +6,6 @@ from .info_batch import InfoBatch
 from .info_batch_sampler import InfoBatchSampler, info_batch_dataloader
 from .loss_threshold_skip import LossThresholdSkip
 from .random_subset import RandomSubset
-from .rho_loss import RhoLoss
 from .selective_backprop import SelectiveBackprop
 
 __all__ = [
@@ -14,7 +13,6 @@ __all__ = [
     "InfoBatchSampler",
     "LossThresholdSkip",
     "RandomSubset",
-    "RhoLoss",
     "SelectiveBackprop",
     "info_batch_dataloader",
 ]
@@ -26,4 +24,3 @@ def leff_register_techniques(register):
     register(RandomSubset)
     register(LossThresholdSkip)
     register(InfoBatch)
-    register(RhoLoss)
