@@ -276,11 +276,14 @@ def preflight_problems(
     techniques: Sequence[Technique],
     module: pl.LightningModule | None = None,
     data: pl.LightningDataModule | None = None,
+    max_steps: int = 1,
     **trainer_kwargs: Any,
 ) -> list[str]:
     """Run ``fit`` until preflight; return the problems it raised (empty when preflight passed).
 
-    Fails the test if training started despite a problem: preflight must stop it before step 0."""
+    ``max_steps`` is the run length preflight judges schedules against (fractions of the run,
+    windows that must fit); training itself stops at the first batch either way. Fails the test if
+    training started despite a problem: preflight must stop it before step 0."""
     steps_seen: list[int] = []
 
     class _StepSpy(pl.Callback):
@@ -290,7 +293,9 @@ def preflight_problems(
 
     module = module if module is not None else TinyClassifier()
     data = data if data is not None else TinyDataModule()
-    trainer = pl.Trainer(**quiet_trainer_kwargs(max_steps=1, **trainer_kwargs), callbacks=[*techniques, _StepSpy()])
+    trainer = pl.Trainer(
+        **quiet_trainer_kwargs(max_steps=max_steps, **trainer_kwargs), callbacks=[*techniques, _StepSpy()]
+    )
     try:
         trainer.fit(module, datamodule=data)
     except PreflightError as exc:

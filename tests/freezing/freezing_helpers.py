@@ -3,7 +3,7 @@
 import lightning.pytorch as pl
 import torch
 
-from lightning_eff.testing import TinyClassifier, TinyDataModule, quiet_trainer_kwargs
+from lightning_eff.testing import TinyClassifier, TinyDataModule, preflight_problems, quiet_trainer_kwargs
 
 STEPS_PER_EPOCH = TinyDataModule().steps_per_epoch  # 8
 
@@ -71,23 +71,5 @@ def assert_frozen_weights_never_move(recorder, module):
 
 
 def preflight_problems_for_run(techniques, max_steps, module=None, **trainer_kwargs):
-    """``lightning_eff.testing.preflight_problems`` fixes ``max_steps=1`` (passing it again is a
-    TypeError), but schedules are judged against the run's length: the same check with a length."""
-    from lightning_eff.errors import PreflightError
-
-    started = []
-
-    class Spy(pl.Callback):
-        def on_train_batch_start(self, trainer, *args):
-            started.append(trainer.global_step)
-            trainer.should_stop = True
-
-    trainer = pl.Trainer(
-        **quiet_trainer_kwargs(max_steps=max_steps, **trainer_kwargs), callbacks=[*techniques, Spy()]
-    )
-    try:
-        trainer.fit(module if module is not None else TinyClassifier(), datamodule=TinyDataModule())
-    except PreflightError as exc:
-        assert not started, "preflight raised only after training had started"
-        return exc.problems
-    return []
+    """Preflight judged against a run of ``max_steps`` (schedules are checked against its length)."""
+    return preflight_problems(techniques, module=module, max_steps=max_steps, **trainer_kwargs)
