@@ -8,12 +8,18 @@ rules; :mod:`lightning_eff.kernels.testing` the shared correctness helpers.
 
 from lightning_eff.kernels.cross_entropy import cross_entropy_logsumexp, per_sample_cross_entropy
 from lightning_eff.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+from lightning_eff.kernels.grouped_gemm import moe_grouped_swiglu
+from lightning_eff.kernels.moe_routing import MoERouting, moe_routing_metadata, moe_topk_routing
 from lightning_eff.kernels.norms import layer_norm, rms_norm
 
 __all__ = [
     "cross_entropy_logsumexp",
     "fused_linear_cross_entropy",
     "layer_norm",
+    "MoERouting",
+    "moe_grouped_swiglu",
+    "moe_routing_metadata",
+    "moe_topk_routing",
     "per_sample_cross_entropy",
     "rms_norm",
 ]

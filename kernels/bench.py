@@ -34,11 +34,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning_eff.kernels import _dispatch, layer_norm, per_sample_cross_entropy, rms_norm
+from torch import Tensor
+
+from lightning_eff.kernels import (
+    _dispatch,
+    layer_norm,
+    moe_grouped_swiglu,
+    moe_topk_routing,
+    per_sample_cross_entropy,
+    rms_norm,
+)
+from lightning_eff.kernels import grouped_gemm as gg
+from lightning_eff.kernels import moe_routing as mr
 from lightning_eff.kernels import testing as kt
 from lightning_eff.kernels.cross_entropy import cross_entropy_forward_reference
 from lightning_eff.kernels.norms import norm_forward_reference
-from torch import Tensor
 
 flce = importlib.import_module("lightning_eff.kernels.fused_linear_cross_entropy")
 
@@ -182,6 +192,58 @@ def fused_linear_case(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, 
                 flops=6 * tokens * hidden * vocab, baselines=baselines)
 
 
+def moe_routing_case(tokens: int, experts: int, top_k: int, device: str) -> Case:
+    def make():
+        return (torch.randn(tokens, experts, device=device),)
+
+    def ours(logits):
+        routed = moe_topk_routing(logits, top_k)
+        return routed.weights, routed.experts, routed.counts, routed.offsets, routed.permutation
+
+    def expected(logits):
+        weights = kt.float64_reference(lambda x: mr.topk_reference(x, top_k)[0], logits)
+        chosen = mr.topk_reference(logits.double(), top_k)[1]
+        return (weights, chosen, *mr.metadata_reference(chosen, experts)[:3])
+
+    def torch_op(logits):
+        weights, chosen = mr.topk_reference(logits, top_k)
+        return weights, mr.metadata_reference(chosen, experts)
+
+    baselines = _baselines(device, {"reference (sort + bincount)": torch_op, "torch.compile(reference)": torch_op})
+    slots = tokens * top_k
+    return Case("moe_topk_routing", f"{tokens}x{experts} k={top_k}", torch.float32, make, ours, expected,
+                bytes_moved=4 * tokens * experts + slots * (4 + 8 + 8 + 8), baselines=baselines)
+
+
+def moe_grouped_case(tokens: int, hidden: int, ff: int, experts: int, top_k: int, dtype: torch.dtype, device: str) -> Case:
+    def make():
+        g = lambda *shape, scale=1.0: (torch.randn(*shape, device=device) * scale).to(dtype).requires_grad_(True)
+        x = g(tokens, hidden)
+        w_gate, w_up = g(experts, ff, hidden, scale=hidden**-0.5), g(experts, ff, hidden, scale=hidden**-0.5)
+        w_down = g(experts, hidden, ff, scale=ff**-0.5)
+        weights, chosen = mr.topk_reference(torch.randn(tokens, experts, device=device), top_k)
+        _, offsets, permutation, _ = mr.metadata_reference(chosen, experts)
+        return (x, w_gate, w_up, w_down, weights.requires_grad_(True), chosen, offsets, permutation,
+                torch.randn(tokens, hidden, device=device).to(dtype))
+
+    def ours(x, wg, wu, wd, w, chosen, offsets, permutation, dy):
+        out = moe_grouped_swiglu(x, wg, wu, wd, w, offsets, permutation)
+        return (out, *_grad(out, [x, wg, wu, wd, w], dy))
+
+    def expected(x, wg, wu, wd, w, chosen, offsets, permutation, dy):
+        ref = lambda *a: gg.moe_swiglu_loop_reference(*a, chosen)
+        args = [x, wg, wu, wd, w]
+        return (kt.float64_reference(ref, *args), *kt.float64_gradients(ref, args, [dy], wrt=[0, 1, 2, 3, 4]))
+
+    def loop(x, wg, wu, wd, w, chosen, offsets, permutation, dy):
+        return _grad(gg.moe_swiglu_loop_reference(x, wg, wu, wd, w, chosen), [x, wg, wu, wd, w], dy)
+
+    baselines = _baselines(device, {"torch (loop over experts)": loop})
+    # 3 GEMMs of 2 * slots * hidden * ff FLOPs forward, twice that backward
+    return Case("moe_grouped_swiglu+backward", f"{tokens}x{hidden}->{ff} E={experts} k={top_k}", dtype, make, ours,
+                expected, flops=18 * tokens * top_k * hidden * ff, baselines=baselines)
+
+
 def gpu_cases() -> list[Case]:
     # Every input is larger than an H100's 50 MB L2.
     bf16 = torch.bfloat16
@@ -192,6 +254,8 @@ def gpu_cases() -> list[Case]:
         norm_case("rms_norm", 16384, 4096, bf16, "cuda"),
         norm_case("layer_norm", 16384, 4096, bf16, "cuda"),
         fused_linear_case(8192, 4096, 32768, bf16, "cuda"),
+        moe_routing_case(65536, 64, 4, "cuda"),
+        moe_grouped_case(8192, 2048, 8192, 8, 2, bf16, "cuda"),
     ]
 
 
@@ -203,6 +267,8 @@ def cpu_cases() -> list[Case]:
         norm_case("rms_norm", 20, 257, torch.float16, "cpu"),
         norm_case("layer_norm", 20, 257, torch.float16, "cpu"),
         fused_linear_case(24, 64, 300, torch.float32, "cpu"),
+        moe_routing_case(300, 6, 2, "cpu"),
+        moe_grouped_case(20, 32, 48, 4, 2, torch.float32, "cpu"),
     ]
 
 

@@ -1,8 +1,13 @@
 """The MoE layer: an fp32 router in front of a list of experts (each a copy or shard of a dense MLP).
 
-Expert compute is a loop over experts: the reference, and the fallback of the grouped kernels.
-Every expert runs even when it received no token (on an empty batch), so every parameter takes part
-in autograd each step and DDP needs no ``find_unused_parameters``.
+Top-k expert compute runs on the shared MoE kernels: the routing op (``moe_topk_routing``) gives the
+slots grouped by expert, then SwiGLU experts (Llama/Mistral/Qwen2 MLPs with ``silu``, no biases) go
+through the grouped expert op ``moe_grouped_swiglu`` (Triton on a GPU, per-expert matmuls over
+contiguous row blocks on CPU) with the experts' weights stacked per call; any other expert module
+is called once on its contiguous block of the grouped rows (:func:`grouped_topk_experts`).
+:func:`loop_topk_experts` (a loop over experts with a mask per expert) is the reference. Every
+expert takes part in autograd each step, even with no token (an empty block, or zero gradients of the
+stacked weights), so DDP needs no ``find_unused_parameters``.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_eff.kernels import moe_grouped_swiglu
+
 from .routing import (
     Routing,
     apply_capacity,
     capacity_for,
     expert_choice_route,
-    expert_counts,
     router_entropy,
+    routing_metadata,
     topk_route,
 )
 
@@ -52,6 +59,66 @@ def loop_topk_experts(x: Tensor, experts: nn.ModuleList, routing: Routing) -> Te
         y = expert(x.index_select(0, token))
         out = _accumulate(out, x.shape[0], token, y * routing.weights[token, slot].unsqueeze(-1).to(y.dtype))
     return out
+
+
+def is_swiglu_expert(expert: nn.Module) -> bool:
+    """A bias-free ``down(silu(gate(x)) * up(x))`` module: a transformers ``*MLP`` (Llama, Mistral,
+    Qwen2...) with ``silu`` and no biases. Other modules with the same attribute names may compute
+    something else, so they take the generic grouped path."""
+    linears = [getattr(expert, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    act = getattr(expert, "act_fn", None)
+    return (
+        all(isinstance(lin, nn.Linear) and lin.bias is None for lin in linears)
+        and (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation")
+        # whose forward is known to be the SwiGLU formula: transformers' *MLP classes
+        and type(expert).__module__.startswith("transformers.models.")
+        and type(expert).__name__.endswith("MLP")
+    )
+
+
+def stacked_swiglu_weights(experts: nn.ModuleList) -> tuple[Tensor, Tensor, Tensor]:
+    """``(w_gate [E, F, H], w_up [E, F, H], w_down [E, H, F])``: differentiable stacks of the experts' weights."""
+    return (
+        torch.stack([e.gate_proj.weight for e in experts]),
+        torch.stack([e.up_proj.weight for e in experts]),
+        torch.stack([e.down_proj.weight for e in experts]),
+    )
+
+
+def grouped_topk_experts(x: Tensor, experts: nn.ModuleList, routing: Routing) -> Tensor:
+    """Any expert modules over the expert-grouped slots: one gather, one call per expert on its
+    contiguous block of rows, one scatter back to slot order and a sum over each token's k slots."""
+    meta = routing.metadata
+    if meta is None:
+        meta = routing_metadata(routing.experts, routing.keep, len(experts))
+    tokens, top_k = routing.experts.shape
+    bounds = meta.offsets.tolist()  # one host read per layer (the loop reference does one per expert)
+    kept = meta.permutation[: bounds[-1]]
+    xs = x.index_select(0, meta.tokens[: bounds[-1]])
+    ys = [expert(xs[a:b]) for expert, a, b in zip(experts, bounds[:-1], bounds[1:])]
+    y = torch.cat(ys) if ys else xs
+    acc = torch.promote_types(y.dtype, torch.float32)
+    slots = y.new_zeros(tokens * top_k, y.shape[-1], dtype=acc)
+    slots = slots.index_copy(0, kept, y.to(acc) * routing.weights.reshape(-1)[kept].to(acc).unsqueeze(-1))
+    return slots.view(tokens, top_k, -1).sum(1).to(y.dtype)
+
+
+def routed_topk_experts(x: Tensor, experts: nn.ModuleList, routing: Routing) -> Tensor:
+    """The production path: the grouped SwiGLU op when every expert is a SwiGLU MLP of one shape,
+    :func:`grouped_topk_experts` otherwise."""
+    if not (all(is_swiglu_expert(e) for e in experts) and _same_shapes(experts)):
+        return grouped_topk_experts(x, experts, routing)
+    meta = routing.metadata
+    if meta is None:
+        meta = routing_metadata(routing.experts, routing.keep, len(experts))
+    w_gate, w_up, w_down = stacked_swiglu_weights(experts)
+    return moe_grouped_swiglu(x, w_gate, w_up, w_down, routing.weights, meta.offsets, meta.permutation)
+
+
+def _same_shapes(experts: nn.ModuleList) -> bool:
+    first = experts[0]
+    names = ("gate_proj", "up_proj", "down_proj")
+    return all(getattr(e, n).weight.shape == getattr(first, n).weight.shape for e in experts for n in names)
 
 
 def loop_expert_choice(x: Tensor, experts: nn.ModuleList, tokens: Tensor, weights: Tensor) -> Tensor:
@@ -113,8 +180,8 @@ class MoELayer(nn.Module):
             if self.capacity_factor is not None:
                 capacity = capacity_for(x.shape[0], self.top_k, self.num_experts, self.capacity_factor)
                 routing = apply_capacity(routing, self.num_experts, capacity)
-            out = loop_topk_experts(x, self.experts, routing)
-            counts = expert_counts(routing.experts, routing.keep, self.num_experts)
+            out = routed_topk_experts(x, self.experts, routing)
+            counts = routing.metadata.counts
             record = RouterRecord(logits, routing.probs, routing.experts, counts, 1.0 - routing.keep.float().mean())
         if self.shared_expert is not None:
             out = 0.5 * (out + self.shared_expert(x))

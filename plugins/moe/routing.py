@@ -3,7 +3,9 @@
 - :func:`topk_route`: softmax over experts in fp32, then top-k, then renormalise the k weights to sum
   to 1 (Mixtral; "Upcycling Large Language Models into Mixture of Experts", He et al. 2024, found
   softmax-then-top-k better than top-k-then-softmax). With identical experts the output is the dense
-  output exactly, which is what makes ``copy`` upcycling function-preserving.
+  output exactly, which is what makes ``copy`` upcycling function-preserving. It runs the shared
+  ``lightning_eff.kernels.moe_topk_routing`` op (Triton on a GPU), which also returns the routing
+  metadata the grouped expert op needs; ties go to the lower expert index.
 - :func:`expert_choice_route`: each expert picks its top-C tokens (Zhou et al. 2022, "Mixture-of-Experts
   with Expert Choice Routing"). It looks at the whole batch, so it leaks future tokens in a causal LM.
 - :func:`capacity_keep_mask`: optional token dropping beyond ``capacity`` slots per expert (GShard /
@@ -20,6 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_eff.kernels import moe_routing_metadata, moe_topk_routing
+
 
 class Routing(NamedTuple):
     """Which experts each token goes to, with which weights, as ``[T, k]`` slots.
@@ -32,6 +36,7 @@ class Routing(NamedTuple):
     weights: Tensor  # [T, k] fp32
     keep: Tensor  # [T, k] bool
     probs: Tensor  # [T, E] fp32 softmax of the router logits
+    metadata: RoutingMetadata | None = None  # kept slots grouped by expert (None: not computed)
 
 
 def router_probs(logits: Tensor) -> Tensor:
@@ -40,15 +45,18 @@ def router_probs(logits: Tensor) -> Tensor:
 
 
 def topk_route(logits: Tensor, top_k: int, renormalize: bool = True) -> Routing:
-    """Softmax, then top-k experts per token; weights renormalised to sum to 1 over the k slots."""
+    """Softmax, then top-k experts per token; weights renormalised to sum to 1 over the k slots.
+
+    The k largest logits are chosen (the k most probable experts), ties to the lower expert index,
+    in decreasing order; the routing metadata comes with them, computed without a host sync.
+    """
     if not 1 <= top_k <= logits.shape[-1]:
         raise ValueError(f"top_k={top_k} must be in [1, num_experts={logits.shape[-1]}]")
     probs = router_probs(logits)
-    weights, experts = torch.topk(probs, top_k, dim=-1)
-    if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    keep = torch.ones_like(experts, dtype=torch.bool)
-    return Routing(experts, weights, keep, probs)
+    routed = moe_topk_routing(logits.float(), top_k, renormalize)
+    keep = torch.ones_like(routed.experts, dtype=torch.bool)
+    metadata = RoutingMetadata(routed.counts, routed.offsets, routed.permutation, routed.tokens)
+    return Routing(routed.experts, routed.weights, keep, probs, metadata)
 
 
 def capacity_for(tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
@@ -74,7 +82,7 @@ def capacity_keep_mask(experts: Tensor, num_experts: int, capacity: int) -> Tens
 def apply_capacity(routing: Routing, num_experts: int, capacity: int) -> Routing:
     """Drop the slots beyond ``capacity`` per expert (their weight becomes 0; no renormalisation after)."""
     keep = routing.keep & capacity_keep_mask(routing.experts, num_experts, capacity)
-    return routing._replace(keep=keep, weights=routing.weights * keep)
+    return routing._replace(keep=keep, weights=routing.weights * keep, metadata=routing_metadata(routing.experts, keep, num_experts))
 
 
 def expert_choice_route(logits: Tensor, capacity: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -133,19 +141,12 @@ class RoutingMetadata(NamedTuple):
     tokens: Tensor  # [T * k] int64 token of each permuted slot (``permutation // k``)
 
 
-def routing_metadata(experts: Tensor, keep: Tensor, num_experts: int) -> RoutingMetadata:
+def routing_metadata(experts: Tensor, keep: Tensor | None, num_experts: int) -> RoutingMetadata:
     """Counts, offsets and the expert-grouped slot permutation, without a host synchronisation.
 
-    Dropped slots are sorted after every expert's group (key ``num_experts``) and cut off with a
-    device-side bound; the stable sort keeps token order inside each expert, so results are exact and
-    deterministic (the contract a kernel must reproduce bit for bit).
+    Dropped slots are sorted after every expert's group and cut off with a device-side bound; token
+    order is kept inside each expert, so results are exact and deterministic. Runs the shared
+    ``lightning_eff.kernels.moe_routing_metadata`` op (its reference: bincount, cumsum, stable sort).
     """
-    flat = experts.reshape(-1)
-    key = torch.where(keep.reshape(-1), flat, torch.full_like(flat, num_experts))
-    counts_all = torch.bincount(key, minlength=num_experts + 1)
-    counts = counts_all[:num_experts]
-    offsets = torch.zeros(num_experts + 1, dtype=torch.long, device=experts.device)
-    offsets[1:] = torch.cumsum(counts, dim=0)
-    order = torch.sort(key, stable=True).indices
     # Dropped slots sit at positions >= offsets[-1]; callers slice them off only where a host size is needed.
-    return RoutingMetadata(counts, offsets, order, order // experts.shape[-1])
+    return RoutingMetadata(*moe_routing_metadata(experts, num_experts, keep))

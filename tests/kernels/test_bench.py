@@ -5,6 +5,7 @@ import csv
 
 import pytest
 import torch
+
 from lightning_eff.kernels import _dispatch, bench
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU mode runs only without CUDA")
@@ -16,7 +17,7 @@ def test_cpu_mode_checks_every_op_and_writes_a_csv(tmp_path, capsys):
     rows = list(csv.DictReader(out.open()))
     assert {r["op"] for r in rows} == {
         "per_sample_cross_entropy+backward", "rms_norm+backward", "layer_norm+backward",
-        "fused_linear_cross_entropy+backward",
+        "fused_linear_cross_entropy+backward", "moe_topk_routing", "moe_grouped_swiglu+backward",
     }
     assert all(r["status"] == "ok" and float(r["max_rel_error"]) < 0.02 for r in rows)
     assert all(r["device"] == "cpu" and r["torch"] == torch.__version__ and r["ms"] == "" for r in rows)

@@ -2,12 +2,18 @@ import copy
 
 import pytest
 import torch
-from lightning_eff.plugins.moe.layer import MoELayer, loop_topk_experts
-from lightning_eff.plugins.moe.routing import Routing
-from lightning_eff.plugins.moe.upcycle import build_moe, find_mlps, install_moe
 from moe_models import VOCAB, tiny_bert, tiny_llama
 from torch import nn
 
+from lightning_eff.plugins.moe.layer import (
+    MoELayer,
+    grouped_topk_experts,
+    is_swiglu_expert,
+    loop_topk_experts,
+    routed_topk_experts,
+)
+from lightning_eff.plugins.moe.routing import Routing, apply_capacity, topk_route
+from lightning_eff.plugins.moe.upcycle import build_moe, find_mlps, install_moe
 from lightning_eff.testing import TinyClassifier
 
 FP32_ROUNDING = 1e-5
@@ -35,7 +41,10 @@ def max_diff(a, b):
     ],
     ids=["copy", "copy-shared", "virtual_group"],
 )
-def test_upcycled_llama_computes_the_dense_function(options):
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_upcycled_llama_computes_the_dense_function(options, kernels, request):
+    if kernels == "triton":
+        request.getfixturevalue("triton_kernels")  # the grouped SwiGLU and routing kernels, interpreted
     dense = tiny_llama()
     ids = torch.randint(0, VOCAB, (2, 12))
     moe = copy.deepcopy(dense)
@@ -129,3 +138,50 @@ def test_loop_reference_handles_empty_experts_and_an_expert_taking_every_token()
     torch.testing.assert_close(out, expected)
     out.sum().backward()
     assert experts[1].weight.grad is not None and experts[1].weight.grad.abs().sum() == 0  # used, zero gradient
+
+
+def _routed_layer_inputs(experts_count=5, top_k=2, capacity=None):
+    torch.manual_seed(0)
+    mlp = find_mlps(tiny_llama(), every_n=1)[0]
+    layer = build_moe(mlp, num_experts=experts_count, top_k=top_k, init="drop", router_init_std=1.0)
+    x = torch.randn(13, 32)
+    logits = layer.router_logits(x)
+    logits[:, 2] = -1e4  # an empty expert
+    logits[:, 4] = 1e4  # an expert taking every token
+    routing = topk_route(logits, top_k)
+    if capacity is not None:
+        routing = apply_capacity(routing, experts_count, capacity)
+    return layer, x, routing
+
+
+@pytest.mark.parametrize("capacity", [None, 4])
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_grouped_expert_paths_equal_the_loop_reference_with_gradients(capacity, kernels, request):
+    if kernels == "triton":
+        request.getfixturevalue("triton_kernels")
+    layer, x, routing = _routed_layer_inputs(capacity=capacity)
+    assert all(is_swiglu_expert(e) for e in layer.experts)
+    results = []
+    for fn in (loop_topk_experts, routed_topk_experts, grouped_topk_experts):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        weights = routing.weights.detach().clone().requires_grad_(True)
+        out = fn(xi, layer.experts, routing._replace(weights=weights))
+        out.backward(torch.ones_like(out))
+        grads = [xi.grad, weights.grad, *(p.grad.clone() for p in layer.experts.parameters())]
+        results.append([out.detach(), *grads])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not results[1][2 + 3 * 2].any()  # expert 2 got no token: zero, not missing, gradients
+
+
+def test_plain_ffn_experts_take_the_generic_grouped_path():
+    torch.manual_seed(0)
+    ffn = nn.Sequential(nn.Linear(8, 12), nn.GELU(), nn.Linear(12, 6))  # in_features != out_features
+    mlp = find_mlps(nn.ModuleDict({"ffn": ffn}), include_names=("ffn",))[0]
+    layer = build_moe(mlp, num_experts=3, top_k=2, router_init_std=1.0)
+    assert not is_swiglu_expert(layer.experts[0])
+    x = torch.randn(9, 8)
+    routing = topk_route(layer.router_logits(x), 2)
+    torch.testing.assert_close(routed_topk_experts(x, layer.experts, routing), loop_topk_experts(x, layer.experts, routing))
