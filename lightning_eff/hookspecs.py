@@ -10,7 +10,8 @@ the techniques active in the current Trainer, in plan order (see ``lightning_eff
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 

@@ -1,8 +1,6 @@
 from typing import ClassVar
 
 import lightning.pytorch as pl
-
-import pytest
 from example_techniques import HalfBatch, OtherSelector, WeightNoise
 
 from lightning_eff import Technique

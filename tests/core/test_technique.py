@@ -2,6 +2,7 @@ import inspect
 
 import pytest
 from example_techniques import HalfBatch, WeightNoise
+from pydantic import ValidationError
 
 from lightning_eff import ConfigError, Technique
 from lightning_eff.registry import get_registry
@@ -46,7 +47,7 @@ def test_unknown_phase_is_a_programming_error():
 
 def test_config_is_immutable():
     technique = WeightNoise()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         technique.config.scale = 5.0
 
 
