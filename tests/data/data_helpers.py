@@ -37,3 +37,23 @@ class InfoBatchData(TinyDataModule):
         return info_batch_dataloader(
             DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size, shuffle=True)
         )
+
+
+class LabelReference:
+    """A reference "model" for RhoLoss tests: the reference loss of a sample is 100 x its label, so
+    RhoLoss keeps the samples of smallest label (picklable for DDP)."""
+
+    def __call__(self, batch):
+        return batch[1].float() * 100.0
+
+
+def label_reference():
+    return LabelReference()
+
+
+class NoHparamsClassifier(TinyClassifier):
+    """A module RhoLoss cannot rebuild: a required constructor argument that is not saved."""
+
+    def __init__(self, marker):
+        super().__init__()
+        self.marker = marker

@@ -4,9 +4,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from data_helpers import NoPerSampleLoss, RecordingClassifier
-from lightning_eff.plugins.data import LossThresholdSkip, RandomSubset, SelectiveBackprop
 
 from lightning_eff import ConfigError
+from lightning_eff.plugins.data import LossThresholdSkip, RandomSubset, SelectiveBackprop
 from lightning_eff.recipe import load_recipe
 from lightning_eff.testing import (
     TinyClassifier,

@@ -4,11 +4,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from data_helpers import InfoBatchData, RecordingClassifier
-from lightning_eff.plugins.data import InfoBatch, InfoBatchSampler, SelectiveBackprop
-from lightning_eff.plugins.data.info_batch_plan import prune_plan, shard
 from torch.utils.data import DistributedSampler
 
 from lightning_eff import EfficiencyHub
+from lightning_eff.plugins.data import InfoBatch, InfoBatchSampler, SelectiveBackprop
+from lightning_eff.plugins.data.info_batch_plan import prune_plan, shard
 from lightning_eff.recipe import load_recipe
 from lightning_eff.testing import (
     TinyClassifier,
@@ -171,9 +171,9 @@ def test_shipped_recipe_builds():
 
 
 def test_info_batch_dataloader_keeps_the_loader_and_refuses_a_custom_sampler():
-    from lightning_eff.plugins.data import info_batch_dataloader
     from torch.utils.data import DataLoader, TensorDataset
 
+    from lightning_eff.plugins.data import info_batch_dataloader
     from lightning_eff.testing import EpochSeededSampler
 
     data = TensorDataset(torch.arange(10).float())

@@ -1,8 +1,9 @@
 """Per-sample losses for classification and token-level LM, padding ignored."""
 
 import torch
-from lightning_eff.plugins.data.losses import per_sample_classification_loss, per_sample_token_loss
 from torch.nn import functional as F
+
+from lightning_eff.plugins.data.losses import per_sample_classification_loss, per_sample_token_loss
 
 
 def test_token_loss_is_the_mean_over_each_samples_non_padding_tokens():

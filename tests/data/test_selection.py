@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from lightning_eff.plugins.data.selection import (
     at_least_threshold,
     kept_count,
