@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	$(BIN)/python -m pip install -q -e ".[dev,hf,wandb,data,tasks]" "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[dev,hf,wandb,data,tasks,precision]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,6 +7,7 @@ rules; :mod:`lightning_eff.kernels.testing` the shared correctness helpers.
 """
 
 from lightning_eff.kernels.cross_entropy import cross_entropy_logsumexp, per_sample_cross_entropy
+from lightning_eff.kernels.fp8_cast import fp8_cast, fp8_dequantize, fp8_quantize_dequantize
 from lightning_eff.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
 from lightning_eff.kernels.grouped_gemm import moe_grouped_swiglu
 from lightning_eff.kernels.moe_routing import MoERouting, moe_routing_metadata, moe_topk_routing
@@ -14,6 +15,9 @@ from lightning_eff.kernels.norms import layer_norm, rms_norm
 
 __all__ = [
     "cross_entropy_logsumexp",
+    "fp8_cast",
+    "fp8_dequantize",
+    "fp8_quantize_dequantize",
     "fused_linear_cross_entropy",
     "layer_norm",
     "MoERouting",

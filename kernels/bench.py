@@ -50,7 +50,9 @@ from lightning_eff.kernels import testing as kt
 from lightning_eff.kernels.cross_entropy import cross_entropy_forward_reference
 from lightning_eff.kernels.norms import norm_forward_reference
 
+# modules whose name is also the op's name (the package exports the op function)
 flce = importlib.import_module("lightning_eff.kernels.fused_linear_cross_entropy")
+f8 = importlib.import_module("lightning_eff.kernels.fp8_cast")
 
 COLUMNS = ["date", "device", "torch", "triton", "op", "shape", "dtype", "impl", "ms", "throughput", "unit",
            "pct_of_ceiling", "peak_memory_mb", "max_rel_error", "status"]
@@ -244,6 +246,24 @@ def moe_grouped_case(tokens: int, hidden: int, ff: int, experts: int, top_k: int
                 expected, flops=18 * tokens * top_k * hidden * ff, baselines=baselines)
 
 
+def fp8_cast_case(rows: int, cols: int, granularity: str, device: str) -> Case:
+    def make():
+        return (torch.randn(rows, cols, device=device) * 4,)
+
+    def ours(x):
+        y, scale = f8.fp8_cast(x, granularity)
+        return y.float(), scale.float().reshape(-1)
+
+    def expected(x):  # the cast is exact arithmetic on fp32: ours must match the reference bit for bit
+        y, scale = f8.fp8_cast_reference(x, granularity, torch.float8_e4m3fn)
+        return y.float(), scale.float().reshape(-1)
+
+    baselines = _baselines(device, {"reference (amax + scale + cast)": lambda x: f8.fp8_cast_reference(
+        x, granularity, torch.float8_e4m3fn)})
+    return Case(f"fp8_cast ({granularity})", f"{rows}x{cols}", torch.float32, make, ours, expected,
+                bytes_moved=rows * cols * (4 + 1), baselines=baselines)
+
+
 def gpu_cases() -> list[Case]:
     # Every input is larger than an H100's 50 MB L2.
     bf16 = torch.bfloat16
@@ -256,6 +276,8 @@ def gpu_cases() -> list[Case]:
         fused_linear_case(8192, 4096, 32768, bf16, "cuda"),
         moe_routing_case(65536, 64, 4, "cuda"),
         moe_grouped_case(8192, 2048, 8192, 8, 2, bf16, "cuda"),
+        fp8_cast_case(16384, 8192, "tensorwise", "cuda"),
+        fp8_cast_case(16384, 8192, "rowwise", "cuda"),
     ]
 
 
@@ -269,6 +291,8 @@ def cpu_cases() -> list[Case]:
         fused_linear_case(24, 64, 300, torch.float32, "cpu"),
         moe_routing_case(300, 6, 2, "cpu"),
         moe_grouped_case(20, 32, 48, 4, 2, torch.float32, "cpu"),
+        fp8_cast_case(9, 130, "tensorwise", "cpu"),
+        fp8_cast_case(9, 130, "rowwise", "cpu"),
     ]
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning_eff.kernels._dispatch import autotune, plugin_implementation, tl, triton, use_triton
 from torch import Tensor
+
+from lightning_eff.kernels._dispatch import autotune, plugin_implementation, tl, triton, use_triton
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CHUNK_ELEMENTS = 1 << 24  # the reference upcasts and exponentiates at most this many logits at once

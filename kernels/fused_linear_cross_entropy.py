@@ -23,13 +23,14 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
+
 from lightning_eff.kernels._dispatch import next_power_of_2, plugin_implementation
 from lightning_eff.kernels.cross_entropy import (
     cross_entropy_backward,
     cross_entropy_forward,
     cross_entropy_forward_reference,
 )
-from torch import Tensor
 
 
 def default_chunk_size(n_tokens: int, hidden_size: int, vocab_size: int) -> int:

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from lightning_eff.kernels._dispatch import next_power_of_2, plugin_implementation, tl, triton, use_triton
 
-
 # --- references -----------------------------------------------------------------------------------
 
 

@@ -19,6 +19,8 @@ partial sums that one ``sum`` finishes (no atomics, so the result is determinist
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from lightning_eff.kernels._dispatch import (
     INTERPRETED,
     next_power_of_2,
@@ -27,7 +29,6 @@ from lightning_eff.kernels._dispatch import (
     triton,
     use_triton,
 )
-from torch import Tensor
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_TRITON_COLS = 65536  # one row per block; wider rows go to the reference

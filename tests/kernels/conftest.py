@@ -3,6 +3,7 @@ sets ``TRITON_INTERPRET=1`` before anything imports Triton). Helpers shared by t
 ``lightning_eff.kernels.testing``, the same module kernel authors in other packages use."""
 
 import pytest
+
 from lightning_eff.kernels import _dispatch
 
 

@@ -3,6 +3,7 @@ backward equal eager."""
 
 import pytest
 import torch
+
 from lightning_eff.kernels import cross_entropy_logsumexp, fused_linear_cross_entropy, layer_norm, rms_norm
 
 

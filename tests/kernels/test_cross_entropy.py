@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from lightning_eff.kernels import cross_entropy as ce
 from lightning_eff.kernels import cross_entropy_logsumexp, per_sample_cross_entropy
 from lightning_eff.kernels import testing as kt

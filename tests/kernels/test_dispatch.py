@@ -7,10 +7,10 @@ import types
 
 import pytest
 import torch
-from lightning_eff.kernels import _dispatch, cross_entropy, norms, rms_norm
 
 from lightning_eff import hookimpl
 from lightning_eff import registry as registry_module
+from lightning_eff.kernels import _dispatch, cross_entropy, norms, rms_norm
 from lightning_eff.registry import Registry
 
 needs_interpreter = pytest.mark.skipif(not _dispatch.INTERPRETED, reason="needs Triton's interpreter")

@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 import torch
+
 from lightning_eff.kernels import fused_linear_cross_entropy, per_sample_cross_entropy
 from lightning_eff.kernels import testing as kt
 

@@ -6,6 +6,7 @@ the gradient's dtype that fp32/fp16 round identically under the interpreter; bf1
 
 import pytest
 import torch
+
 from lightning_eff.kernels import nm_sparsity as K
 from lightning_eff.kernels import testing as kt
 

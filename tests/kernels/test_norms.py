@@ -8,6 +8,7 @@ partial tiles; widths straddle the power-of-two block.
 import pytest
 import torch
 import torch.nn.functional as F
+
 from lightning_eff.kernels import layer_norm, norms, rms_norm
 from lightning_eff.kernels import testing as kt
 from lightning_eff.kernels._dispatch import INTERPRETED

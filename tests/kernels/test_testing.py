@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from lightning_eff.kernels import testing as kt
 
 
