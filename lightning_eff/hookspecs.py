@@ -51,9 +51,11 @@ def leff_register_kernels(register: Callable[..., None]) -> None:
     """Register implementations of shared kernel ops.
 
     Called once when the registry loads. Call ``register(op, impl_name, fn, priority=0)``: ``op`` is
-    an op name from ``lightning_eff.kernels`` (e.g. ``"rms_norm"``), ``fn`` has the same signature as
-    the op's reference. Dispatch picks the highest-priority implementation whose ``supports(...)``
-    accepts the inputs (see ``lightning_eff.kernels._dispatch``).
+    a public op name from ``lightning_eff.kernels`` (e.g. ``"rms_norm"``); ``fn`` takes the same
+    arguments as that public op and replaces it whole (forward and, through its own autograd,
+    backward). An optional ``fn.supports(*args, **kwargs) -> bool`` declines inputs it does not
+    handle. Dispatch picks the highest-priority implementation that accepts the inputs (see
+    ``docs/kernels.md``).
     """
 
 
