@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -64,9 +64,21 @@ class AdaptiveFreezing(FreezingTechnique):
         max_fraction: float = 0.75,
         start: TimeLike = 0,
         blocks: Sequence[str] = (),
+        cache_activations: bool = False,
+        static_data: bool = False,
+        cache_max_bytes: int = 2**30,
+        cache_on: Literal["cpu", "device"] = "cpu",
     ) -> None:
         super().__init__(
-            every=every, percentile=percentile, max_fraction=max_fraction, start=start, blocks=tuple(blocks)
+            every=every,
+            percentile=percentile,
+            max_fraction=max_fraction,
+            start=start,
+            blocks=tuple(blocks),
+            cache_activations=cache_activations,
+            static_data=static_data,
+            cache_max_bytes=cache_max_bytes,
+            cache_on=cache_on,
         )
         self.every_steps = self.start_step = self.max_blocks = 0
         self.window_sums: list[float] = []
@@ -140,6 +152,10 @@ class AdaptiveFreezing(FreezingTechnique):
         self.window_steps = state["window_steps"]
         self.previous = None if state["previous"] is None else list(state["previous"])
         self.last_changes = list(state["last_changes"])
+
+    def most_frozen_prefix(self, trainer, freezer: BlockFreezer) -> int:
+        blocks = len(freezer)
+        return min(blocks - 1, frozen_block_count(self.config.max_fraction, blocks))
 
     def schedule_problems(self, trainer, freezer: BlockFreezer) -> list[str]:
         c, total = self.config, float(trainer.estimated_stepping_batches)

@@ -1,15 +1,29 @@
 """What the prefix-freezing techniques share: blocks, the frozen set in the checkpoint, re-freezing
-on resume, metrics. A subclass only says how many leading blocks are frozen after step t."""
+on resume, metrics, optional activation caching of the frozen prefix (``activation_cache.py``). A
+subclass only says how many leading blocks are frozen after step t."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+import torch
 from pydantic import Field
 
-from lightning_eff import Technique, TechniqueConfig
+from lightning_eff import PreflightError, Technique, TechniqueConfig
+from lightning_eff.module import batch_size_of
 from lightning_eff.schedule import training_progress
 
+from .activation_cache import (
+    ActivationCache,
+    dataset_size,
+    declared_static,
+    estimate_bytes,
+    first_loader,
+    format_bytes,
+    index_sampler,
+    probe_prefix_outputs,
+    stochastic_modules,
+)
 from .backward_timer import BackwardTimer
 from .blocks import Blocks, block_problems, find_blocks
 from .freezer import BlockFreezer
@@ -25,6 +39,42 @@ class FreezingConfig(TechniqueConfig):
         (),
         description="glob patterns of the modules that are the blocks, in forward order (empty: found automatically)",
     )
+    cache_activations: bool = Field(
+        False,
+        description="store the frozen prefix's output per training sample and feed it to the first trained block on "
+        "later visits instead of running the prefix (exact; needs static data, sample indices, a deterministic prefix)",
+    )
+    static_data: bool = Field(
+        False,
+        description="assert that every training sample's tensors are identical every epoch (no augmentation, random "
+        "crops or masking); cache_activations needs it unless the data module declares static_data",
+    )
+    cache_max_bytes: int = Field(
+        2**30, gt=0, description="most memory the activation cache may take; preflight refuses a larger estimate"
+    )
+    cache_on: Literal["cpu", "device"] = Field(
+        "cpu", description="where cached activations live: host memory, or the training device (no copies, uses its memory)"
+    )
+
+CACHE_INDEX_FIX = (
+    "sample through lightning_eff.plugins.data.InfoBatchSampler (wrap the loader with info_batch_dataloader(loader)) "
+    "or implement sample_indices(batch) -> LongTensor on the LightningModule"
+)
+
+
+def train_loader(trainer) -> Any:
+    """The training DataLoader (the first one), before Lightning has loaded it (preflight) or after."""
+    try:
+        loaders = trainer.train_dataloader
+    except AttributeError:
+        loaders = None
+    if loaders is None:
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        try:
+            loaders = source.dataloader() if source is not None and source.is_defined() else None
+        except Exception:  # noqa: BLE001 - no loader yet: the checks that need it report it
+            loaders = None
+    return first_loader(loaders)
 
 
 class FreezingTechnique(Technique):
@@ -41,6 +91,9 @@ class FreezingTechnique(Technique):
         self.timer = BackwardTimer()
         self._pending: dict[str, Any] | None = None
         self._last_step = -1
+        self.cache: ActivationCache | None = None
+        self.cache_limit = 0
+        self._index_source: tuple[Any, int] | None = None
 
     # -- blocks and preflight ------------------------------------------------------------------------
 
@@ -57,11 +110,83 @@ class FreezingTechnique(Technique):
             return [
                 "every parameter of the model is already frozen (requires_grad=False): there is nothing to train"
             ]
-        return problems + self.schedule_problems(trainer, freezer)
+        problems = problems + self.schedule_problems(trainer, freezer)
+        return problems + (self.cache_problems(trainer, pl_module, freezer) if not problems else [])
 
     def schedule_problems(self, trainer, freezer: BlockFreezer) -> list[str]:
         """Problems of this technique's schedule on this model and run (subclasses)."""
         return []
+
+    def most_frozen_prefix(self, trainer, freezer: BlockFreezer) -> int:
+        """The longest prefix of blocks this technique can freeze in this run (subclasses narrow it)."""
+        return len(freezer) - 1
+
+    def cache_range(self, trainer, freezer: BlockFreezer) -> int:
+        """How many leading blocks activation caching may ever skip: those the schedule can freeze and
+        those the user froze before training, never the last block."""
+        user = 0
+        while user < len(freezer) and all(not p.requires_grad for p in freezer.block_params[user]):
+            user += 1
+        return min(len(freezer) - 1, max(self.most_frozen_prefix(trainer, freezer), user))
+
+    def cache_problems(self, trainer, pl_module, freezer: BlockFreezer) -> list[str]:
+        """Why activation caching would not be exact (or would not fit) on this model and data."""
+        c = self.config
+        if not c.cache_activations:
+            return []
+        problems = []
+        limit, names = self.cache_range(trainer, freezer), freezer.blocks.names
+        if limit == 0:
+            return ["cache_activations=True but no leading block is ever frozen in this run: there is nothing to cache; turn it off"]
+        noisy = stochastic_modules(pl_module, names, limit)
+        if noisy:
+            more = f" and {len(noisy) - 4} more" if len(noisy) > 4 else ""
+            problems.append(
+                f"cache_activations=True needs a deterministic prefix, but the blocks that can freeze ({names[0]} .. "
+                f"{names[limit - 1]}) hold stochastic modules: {', '.join(noisy[:4])}{more}: set their dropout to 0 "
+                "(for transformers: hidden_dropout_prob=0, attention_probs_dropout_prob=0 or the model's *_dropout), "
+                "keep batch-statistics normalisation out of the prefix, or turn cache_activations off"
+            )
+        loader = train_loader(trainer)
+        declared = declared_static(trainer, loader)
+        if declared is False:
+            problems.append(
+                "cache_activations=True needs static training data, but the data module declares static_data=False "
+                "(augmented or re-drawn samples): turn cache_activations off"
+            )
+        elif declared is None and not c.static_data:
+            problems.append(
+                "cache_activations=True needs static training data (each sample's tensors identical every epoch: no "
+                "augmentation, random crops or masking): assert it with static_data=True, or set static_data = True "
+                "on the data module"
+            )
+        has_indices = callable(getattr(pl_module, "sample_indices", None)) or index_sampler(loader) is not None
+        if not has_indices:
+            problems.append(
+                f"cache_activations=True keys the cache by sample index, but the batches carry none: {CACHE_INDEX_FIX}"
+            )
+        size = dataset_size(loader)
+        if has_indices and size is None:
+            problems.append(
+                "cache_activations=True needs a map-style training dataset with a length (the cache holds one entry per sample)"
+            )
+        selectors = [t.name for t in trainer.callbacks if isinstance(t, Technique) and t.selects_batches]
+        if selectors:
+            problems.append(
+                f"cache_activations=True cannot be combined with {', '.join(selectors)}: a batch selector runs the model "
+                "on part of the batch, which the cache cannot map to sample indices; drop one of them"
+            )
+        if not problems and size:
+            probe = probe_prefix_outputs(pl_module, loader, freezer.blocks.modules[:limit])
+            if probe is not None:
+                estimate = estimate_bytes(probe, size)
+                if estimate > c.cache_max_bytes:
+                    problems.append(
+                        f"the activation cache would need about {format_bytes(estimate)} ({size} samples x "
+                        f"{format_bytes(max(b for b, _ in probe))} at the largest cut) but cache_max_bytes={c.cache_max_bytes} "
+                        f"({format_bytes(c.cache_max_bytes)}): raise cache_max_bytes or turn cache_activations off"
+                    )
+        return problems
 
     @staticmethod
     def everything_frozen(freezer: BlockFreezer, count: int) -> bool:
@@ -75,6 +200,8 @@ class FreezingTechnique(Technique):
         self.freezer = BlockFreezer(pl_module, self.find_blocks(pl_module))
         self.total_steps = training_progress(trainer, need_total=False)[1]
         self.prepare(trainer, pl_module)
+        if self.config.cache_activations:
+            self.cache_limit = self.cache_range(trainer, self.freezer)
 
     def prepare(self, trainer, pl_module) -> None:
         """Resolve the schedule once the blocks and the run length are known (subclasses)."""
@@ -89,13 +216,81 @@ class FreezingTechnique(Technique):
         else:
             self.freeze_to(self.prefix_at(0), trainer)
 
+    # -- activation caching (derived state: rebuilt on every fit, never checkpointed) -----------------
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not self.config.cache_activations:
+            return
+        loader = self._find_index_source(trainer, pl_module)
+        device = pl_module.device if self.config.cache_on == "device" else torch.device("cpu")
+        self.cache = ActivationCache(
+            self.freezer.blocks.modules,
+            self.freezer.blocks.names,
+            samples=dataset_size(loader),
+            max_bytes=self.config.cache_max_bytes,
+            storage_device=device,
+            owner=self.name,
+        )
+
+    def _find_index_source(self, trainer, pl_module) -> Any:
+        """The training loader, and its index-recording sampler unless the module gives indices itself
+        (looked up again every epoch: ``reload_dataloaders_every_n_epochs`` builds new samplers)."""
+        loader = train_loader(trainer)
+        self._index_source = None
+        if not callable(getattr(pl_module, "sample_indices", None)):
+            sampler = index_sampler(loader)
+            if sampler is None:
+                raise PreflightError(
+                    [f"{self.name}: cache_activations=True: the training DataLoader's sampler does not record sample indices: {CACHE_INDEX_FIX}"]
+                )
+            self._index_source = (sampler, loader.batch_size)
+        return loader
+
+    def cacheable_prefix(self) -> int:
+        """Leading blocks that hold no trainable parameter (within the range preflight checked)."""
+        count = 0
+        while count < self.cache_limit and all(not p.requires_grad for p in self.freezer.block_params[count]):
+            count += 1
+        return count
+
+    def batch_indices(self, trainer, pl_module, batch, batch_idx: int) -> torch.Tensor:
+        own = getattr(pl_module, "sample_indices", None)
+        if callable(own):
+            return torch.as_tensor(own(batch), dtype=torch.long).flatten()
+        sampler, batch_size = self._index_source
+        offset = batch_idx * batch_size
+        return torch.tensor(sampler.epoch_indices[offset : offset + batch_size_of(batch)], dtype=torch.long)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.cache is not None:
+            self._find_index_source(trainer, pl_module)
+            self.cache.new_epoch(self.cacheable_prefix())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.cache is not None:
+            self.cache.raise_target_from_zero(self.cacheable_prefix())
+            self.cache.begin_batch(self.batch_indices(trainer, pl_module, batch, batch_idx), pl_module.device)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.cache is not None:
+            self.cache.end_batch(failed=True)
+            self.cache.release()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if self.cache is not None:
+            self.cache.end_batch(failed=True)
+
     def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self.cache is not None:
+            self.cache.check_backward(loss)
         self.timer.start(trainer.global_step, pl_module.device)
 
     def on_after_backward(self, trainer, pl_module) -> None:
         self.timer.stop(pl_module.device, anything_frozen=bool(self.freezer.frozen_params))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.cache is not None:
+            self.cache.end_batch()  # before a new freeze: the cut was chosen at batch start
         # Once per optimizer step (several batches share one step under gradient accumulation).
         step = trainer.global_step
         if step != self._last_step:
@@ -120,7 +315,10 @@ class FreezingTechnique(Technique):
     def metrics(self) -> dict[str, float]:
         if self.freezer is None:
             return {}
-        return {**self.freezer.metrics(), **self.timer.metrics()}
+        out = {**self.freezer.metrics(), **self.timer.metrics()}
+        if self.cache is not None:
+            out.update(self.cache.metrics())
+        return out
 
     def savings(self) -> dict[str, float]:
         out = self.metrics()

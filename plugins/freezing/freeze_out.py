@@ -50,8 +50,21 @@ class FreezeOut(FreezingTechnique):
         scale: Literal["linear", "squared", "cubic"] = "cubic",
         scale_lr: bool = True,
         blocks: Sequence[str] = (),
+        cache_activations: bool = False,
+        static_data: bool = False,
+        cache_max_bytes: int = 2**30,
+        cache_on: Literal["cpu", "device"] = "cpu",
     ) -> None:
-        super().__init__(t0=t0, scale=scale, scale_lr=scale_lr, blocks=tuple(blocks))
+        super().__init__(
+            t0=t0,
+            scale=scale,
+            scale_lr=scale_lr,
+            blocks=tuple(blocks),
+            cache_activations=cache_activations,
+            static_data=static_data,
+            cache_max_bytes=cache_max_bytes,
+            cache_on=cache_on,
+        )
         self.stop_steps: list[int] = []
         self._before: list[tuple[torch.nn.Parameter, torch.Tensor, float]] = []
         self._snapshot_step = -1

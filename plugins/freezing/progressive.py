@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -45,8 +46,21 @@ class ProgressiveFreezing(FreezingTechnique):
         end: TimeLike = 1.0,
         level: float = 1.0,
         blocks: Sequence[str] = (),
+        cache_activations: bool = False,
+        static_data: bool = False,
+        cache_max_bytes: int = 2**30,
+        cache_on: Literal["cpu", "device"] = "cpu",
     ) -> None:
-        super().__init__(start=start, end=end, level=level, blocks=tuple(blocks))
+        super().__init__(
+            start=start,
+            end=end,
+            level=level,
+            blocks=tuple(blocks),
+            cache_activations=cache_activations,
+            static_data=static_data,
+            cache_max_bytes=cache_max_bytes,
+            cache_on=cache_on,
+        )
         self.start_step = self.end_step = 0
 
     def _steps(self, total: float) -> tuple[int, int]:
@@ -60,6 +74,21 @@ class ProgressiveFreezing(FreezingTechnique):
         return frozen_block_count(
             progressive_fraction(step, self.start_step, self.end_step, c.level), len(self.freezer)
         )
+
+    def _most(self, start: int, end: int, total_steps: float, blocks: int) -> int:
+        """Blocks frozen after the last step that still trains (total - 1): the most that ever train frozen."""
+        level = self.config.level
+        if math.isfinite(total_steps):
+            return frozen_block_count(progressive_fraction(int(total_steps) - 1, start, end, level), blocks)
+        return frozen_block_count(level, blocks)
+
+    def most_frozen_prefix(self, trainer, freezer: BlockFreezer) -> int:
+        total_steps = float(trainer.estimated_stepping_batches)
+        try:
+            start, end = self._steps(total_steps)
+        except ValueError:
+            return len(freezer) - 1
+        return min(len(freezer) - 1, self._most(start, end, total_steps, len(freezer)))
 
     def schedule_problems(self, trainer, freezer: BlockFreezer) -> list[str]:
         c, total_steps = self.config, float(trainer.estimated_stepping_batches)
@@ -78,11 +107,7 @@ class ProgressiveFreezing(FreezingTechnique):
                 f"level={c.level} freezes floor({c.level} * {blocks}) = 0 of the {blocks} blocks: "
                 f"raise level to at least {1 / blocks:.3g} or name finer blocks with `blocks`"
             )
-        # The last optimizer step is total - 1: the prefix frozen after it never trains again anyway.
-        if math.isfinite(total_steps):
-            most = frozen_block_count(progressive_fraction(int(total_steps) - 1, start, end, c.level), blocks)
-        else:
-            most = frozen_block_count(c.level, blocks)
+        most = self._most(start, end, total_steps, blocks)
         if self.everything_frozen(freezer, most):
             problems.append(
                 f"level={c.level} with end={c.end} freezes every trainable parameter while training continues: "

@@ -76,9 +76,20 @@ class SelectiveFinetuning(FreezingTechnique):
         train: Sequence[str] = (),
         train_last_blocks: int = 0,
         blocks: Sequence[str] = (),
+        cache_activations: bool = False,
+        static_data: bool = False,
+        cache_max_bytes: int = 2**30,
+        cache_on: Literal["cpu", "device"] = "cpu",
     ) -> None:
         super().__init__(
-            preset=preset, train=tuple(train), train_last_blocks=train_last_blocks, blocks=tuple(blocks)
+            preset=preset,
+            train=tuple(train),
+            train_last_blocks=train_last_blocks,
+            blocks=tuple(blocks),
+            cache_activations=cache_activations,
+            static_data=static_data,
+            cache_max_bytes=cache_max_bytes,
+            cache_on=cache_on,
         )
 
     def selection(self, pl_module, freezer: BlockFreezer) -> tuple[list[nn.Parameter], tuple[str, ...]]:
@@ -120,7 +131,16 @@ class SelectiveFinetuning(FreezingTechnique):
                 problems.append(
                     "the selection trains every parameter: nothing is frozen; narrow preset, train or train_last_blocks"
                 )
-        return problems
+        return problems + (self.cache_problems(trainer, pl_module, freezer) if not problems else [])
+
+    def most_frozen_prefix(self, trainer, freezer: BlockFreezer) -> int:
+        """Leading blocks whose every parameter the selection freezes (or the user froze)."""
+        frozen, _ = self.selection(trainer.lightning_module, freezer)
+        done = {id(p) for p in frozen} | freezer.user_frozen
+        count = 0
+        while count < len(freezer) - 1 and all(id(p) in done for p in freezer.block_params[count]):
+            count += 1
+        return count
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._pending = None  # the selection depends on nothing but the configuration

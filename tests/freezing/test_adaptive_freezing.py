@@ -11,9 +11,9 @@ from freezing_helpers import (
     fit,
     preflight_problems_for_run,
 )
-from lightning_eff.plugins.freezing import AdaptiveFreezing
 
 from lightning_eff import ConfigError
+from lightning_eff.plugins.freezing import AdaptiveFreezing
 from lightning_eff.testing import (
     TinyClassifier,
     TinyDataModule,

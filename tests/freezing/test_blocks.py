@@ -3,10 +3,10 @@ or named by patterns; shared parameters freeze only with every block that holds 
 
 import pytest
 import torch
-from lightning_eff.plugins.freezing.blocks import block_problems, find_blocks
-from lightning_eff.plugins.freezing.freezer import BlockFreezer, freeze_parameters
 from torch import nn
 
+from lightning_eff.plugins.freezing.blocks import block_problems, find_blocks
+from lightning_eff.plugins.freezing.freezer import BlockFreezer, freeze_parameters
 from lightning_eff.testing import TinyClassifier
 
 

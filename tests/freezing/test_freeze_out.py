@@ -10,10 +10,10 @@ from freezing_helpers import (
     fit,
     preflight_problems_for_run,
 )
-from lightning_eff.plugins.freezing import FreezeOut
-from lightning_eff.plugins.freezing.schedules import freezeout_stop_fractions, stopped_prefix
 
 from lightning_eff import ConfigError
+from lightning_eff.plugins.freezing import FreezeOut
+from lightning_eff.plugins.freezing.schedules import freezeout_stop_fractions, stopped_prefix
 from lightning_eff.testing import (
     TinyClassifier,
     TinyDataModule,
@@ -41,7 +41,7 @@ def test_scaling_the_update_equals_scaling_the_learning_rate(make_optimizer):
     scaled, reference = torch.nn.Parameter(torch.randn(50)), None
     reference = torch.nn.Parameter(scaled.detach().clone())
     opt_scaled, opt_ref = make_optimizer([scaled], 0.1), make_optimizer([reference], 0.1)
-    for step, factor in enumerate([1.0, 0.7, 0.3, 0.05]):
+    for factor in [1.0, 0.7, 0.3, 0.05]:
         grad = torch.randn(50)
         for group in opt_ref.param_groups:
             group["lr"] = 0.1 * factor

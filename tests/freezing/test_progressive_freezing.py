@@ -13,9 +13,9 @@ from freezing_helpers import (
     fit,
     preflight_problems_for_run,
 )
-from lightning_eff.plugins.freezing import ProgressiveFreezing
 
 from lightning_eff import ConfigError
+from lightning_eff.plugins.freezing import ProgressiveFreezing
 from lightning_eff.recipe import load_recipe
 from lightning_eff.testing import (
     TinyClassifier,

@@ -5,6 +5,7 @@ import itertools
 import math
 
 import pytest
+
 from lightning_eff.plugins.freezing import backward_timer
 from lightning_eff.plugins.freezing.backward_timer import BackwardTimer
 from lightning_eff.plugins.freezing.schedules import (

@@ -10,10 +10,10 @@ from freezing_helpers import (
     assert_frozen_weights_never_move,
     fit,
 )
-from lightning_eff.plugins.freezing import SelectiveFinetuning
-from lightning_eff.plugins.freezing.selective import trained_parameter_names
 
 from lightning_eff import ConfigError
+from lightning_eff.plugins.freezing import SelectiveFinetuning
+from lightning_eff.plugins.freezing.selective import trained_parameter_names
 from lightning_eff.testing import (
     TinyClassifier,
     TinyDataModule,
