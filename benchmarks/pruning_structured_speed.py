@@ -1,11 +1,14 @@
 """CPU inference latency of a bench task's model before and after StructuredPruning's shrink.
 
     python benchmarks/pruning_structured_speed.py --task finetune --sparsity 0.5
+    python benchmarks/pruning_structured_speed.py --task finetune --sparsity 0.5 --kind heads
+    python benchmarks/pruning_structured_speed.py --task finetune --sparsity 0.5 --kind ffn,heads
 
-Builds the task's model, removes ``sparsity`` of every FFN group's neurons (lowest magnitude; which
-units go does not change the latency) with the same functions StructuredPruning uses at fit end, and
-times the forward pass on one validation batch: dense and shrunk alternate (ABAB...) so that the
-shared machine's noise hits both alike; medians and their ratio are printed. Quality is measured
+Builds the task's model, removes ``sparsity`` of every group's units of each ``--kind`` (FFN neurons,
+attention heads, conv channels; lowest magnitude; which units go does not change the latency) with
+the same functions StructuredPruning uses at fit end, and times the forward pass on one validation
+batch: dense and shrunk alternate (ABAB...) so that the shared machine's noise hits both alike;
+medians and their ratio are printed. Quality is measured
 separately by the time-to-quality harness (see docs/techniques/structured-pruning.md).
 """
 
@@ -18,6 +21,8 @@ import statistics
 import time
 
 import torch
+
+from lightning_eff.bench import get_task
 from lightning_eff.plugins.pruning.masks import count_for, prune_smallest
 from lightning_eff.plugins.pruning.structure import (
     find_groups,
@@ -26,15 +31,15 @@ from lightning_eff.plugins.pruning.structure import (
     shrink_group,
 )
 
-from lightning_eff.bench import get_task
 
-
-def shrink(model: torch.nn.Module, sparsity: float, kind: str) -> torch.nn.Module:
-    modules = dict(model.named_modules())
-    for group in find_groups(model, kind):
-        keep = prune_smallest(magnitude_importance(modules, group), count_for(sparsity, group.units))
-        mask_group(modules, group, keep)
-        shrink_group(modules, group, keep)
+def shrink(model: torch.nn.Module, sparsity: float, kinds: str) -> torch.nn.Module:
+    """Remove ``sparsity`` of the units of every group of each comma-separated kind (``ffn,heads``)."""
+    for kind in kinds.split(","):
+        modules = dict(model.named_modules())
+        for group in find_groups(model, kind.strip()):
+            keep = prune_smallest(magnitude_importance(modules, group), count_for(sparsity, group.units))
+            mask_group(modules, group, keep)
+            shrink_group(modules, group, keep)
     return model
 
 
@@ -52,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="finetune")
     parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--kind", default="ffn")
+    parser.add_argument("--kind", default="ffn", help="ffn, heads, channels, or several comma-separated")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -77,6 +82,7 @@ def main() -> None:
     ratios = sorted(d / s for d, s in zip(times["dense"], times["shrunk"]))
     result = {
         "task": args.task,
+        "kind": args.kind,
         "sparsity": args.sparsity,
         "threads": args.threads,
         "batch": int(next(t for t in (batch if isinstance(batch, (list, tuple)) else [batch])).shape[0]),

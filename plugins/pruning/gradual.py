@@ -18,7 +18,15 @@ from torch import Tensor
 
 from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.errors import ConfigError
-from lightning_eff.schedule import TimeLike, TimePoint, check_window, every, interpolate, to_steps, training_progress
+from lightning_eff.schedule import (
+    TimeLike,
+    TimePoint,
+    check_window,
+    every,
+    interpolate,
+    to_steps,
+    training_progress,
+)
 
 from .masked import MASK_BUFFER, MaskedWeights
 from .masks import changed, global_masks, layerwise_masks, magnitude_scores

@@ -14,8 +14,9 @@ Where the masks live (the choice GradualPruning, NMSparsity and StructuredPrunin
 from __future__ import annotations
 
 import torch
-from lightning_eff.kernels.nm_sparsity import masked_update_
 from torch import Tensor, nn
+
+from lightning_eff.kernels.nm_sparsity import masked_update_
 
 from .masks import sparsity_of
 

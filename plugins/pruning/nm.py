@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning_eff.kernels.nm_sparsity import masked_update_, nm_mask, nm_mask_decay
 from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.errors import ConfigError
+from lightning_eff.kernels.nm_sparsity import masked_update_, nm_mask, nm_mask_decay
 from lightning_eff.schedule import TimeLike, TimePoint, check_window, interpolate, to_steps, training_progress
 
 from .masked import MASK_BUFFER, MaskedWeights

@@ -1,4 +1,4 @@
-"""Prunable units (channels, FFN neurons) and the tensors that carry them; shrinking them away.
+"""Prunable units (channels, FFN neurons, attention heads) and the tensors that carry them; shrinking them away.
 
 A :class:`UnitGroup` is a set of units (the output channels of a Conv, the hidden neurons of an
 FFN) with every tensor slice that belongs to a unit: *producers* compute the unit (rows of the
@@ -9,7 +9,8 @@ exactly, so a physically shrunk model computes the same function as the masked o
 Groups are found by name for transformers models (Llama-style ``gate_proj/up_proj/down_proj``,
 BERT-style ``intermediate.dense/output.dense``) and, for plain PyTorch models, by tracing the
 forward with ``torch.fx``: a Linear/Conv whose output reaches exactly one Linear/Conv through
-element-wise activations, BatchNorm, pooling, dropout or a flatten.
+element-wise activations, BatchNorm, pooling, dropout or a flatten. Attention heads are found in
+:mod:`.heads`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,24 @@ class Slice:
     scored: bool = True  # part of the unit's importance (BatchNorm statistics are not)
 
 
+@dataclass(frozen=True)
+class SizeAttr:
+    """An attribute a module's forward reads that counts units (an attention module's number of heads):
+    set to ``kept units * per_unit`` when the group is shrunk."""
+
+    module: str
+    attr: str
+    per_unit: int = 1
+
+
 @dataclass
 class UnitGroup:
     name: str
     units: int
     producers: list[Slice] = field(default_factory=list)
     consumers: list[Slice] = field(default_factory=list)
+    sizes: list[SizeAttr] = field(default_factory=list)  # attributes updated by shrink_group
+    unit_name: str = "units"  # for messages: "neurons", "heads", "KV groups (2 query heads each)"
 
     @property
     def slices(self) -> list[Slice]:
@@ -148,7 +161,12 @@ def traced_groups(model: nn.Module, producer_types: tuple[str, ...]) -> list[Uni
 
 def find_groups(model: nn.Module, kind: str) -> list[UnitGroup]:
     """``ffn``: transformer FFN neurons, else hidden neurons of traced Linear -> Linear chains;
-    ``channels``: Conv output channels of traced Conv -> Conv/Linear chains."""
+    ``channels``: Conv output channels of traced Conv -> Conv/Linear chains;
+    ``heads``: attention heads of BERT-style and Llama-style attention modules (:mod:`.heads`)."""
+    if kind == "heads":
+        from .heads import attention_head_groups  # heads builds on this module's classes
+
+        return attention_head_groups(model)
     if kind == "channels":
         return traced_groups(model, ("Conv1d", "Conv2d", "Conv3d"))
     return transformer_ffn_groups(model) or traced_groups(model, ("Linear",))
@@ -241,3 +259,5 @@ def shrink_group(modules: dict[str, nn.Module], group: UnitGroup, keep: Tensor) 
                 setattr(module, out_attr if s.dim == 0 else in_attr, size)
         if has_type(module, _NORMS) and s.tensor == "weight":
             module.num_features = size
+    for a in group.sizes:
+        setattr(modules[a.module], a.attr, int(kept.numel()) * a.per_unit)

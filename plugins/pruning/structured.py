@@ -1,11 +1,14 @@
-"""Structured pruning: remove whole FFN neurons or conv channels, gradually, then shrink the modules.
+"""Structured pruning: remove whole FFN neurons, conv channels or attention heads, gradually, then shrink
+the modules.
 
 Units are scored by magnitude (L2 norm of the unit's weights) or first-order Taylor importance
 (|sum w * dL/dw| accumulated over the steps since the last update, Molchanov et al. 2019, "Importance
 Estimation for Neural Network Pruning"), and pruned on the cubic schedule of GradualPruning. During
 training pruned units are zeroed (weights after each step, gradients before it). At fit end the
 modules are physically shrunk (``index_select`` of every producer row and consumer column) so the
-model is really smaller and faster, which masks alone never make it.
+model is really smaller and faster, which masks alone never make it. An attention head is a unit
+like any other (its q/k/v rows and o columns, see :mod:`.heads`); with grouped-query attention the
+unit is a whole KV group.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from lightning_eff.errors import ConfigError
 from lightning_eff.schedule import TimeLike, TimePoint, check_window, to_steps, training_progress
 
 from .gradual import is_update_step, sparsity_at
+from .heads import head_problems
 from .masks import count_for, prune_smallest
 from .structure import (
     UnitGroup,
@@ -47,7 +51,8 @@ def select_groups(groups: list[UnitGroup], include: tuple[str, ...], exclude: tu
 class StructuredPruningConfig(TechniqueConfig):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    kind: Literal["ffn", "channels"] = Field("ffn", description="FFN hidden neurons, or conv output channels")
+    kind: Literal["ffn", "channels", "heads"] = Field(
+        "ffn", description="FFN hidden neurons, conv output channels, or attention heads (Llama GQA: whole KV groups)")
     final_sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of each group's units removed at the end")
     start: TimePoint = Field(0.1, description="first pruning step (int) or fraction of the run (float)")
     end: TimePoint = Field(0.6, description="step or fraction at which final_sparsity is reached")
@@ -65,7 +70,8 @@ class StructuredPruningConfig(TechniqueConfig):
 
 
 class StructuredPruning(Technique):
-    """Removes FFN neurons or conv channels by magnitude or Taylor importance, then shrinks the model."""
+    """Removes FFN neurons, conv channels or attention heads by magnitude or Taylor importance, then shrinks
+    the model."""
 
     name = "structured_pruning"
     phase = "optimizer"
@@ -75,7 +81,7 @@ class StructuredPruning(Technique):
 
     def __init__(
         self,
-        kind: Literal["ffn", "channels"] = "ffn",
+        kind: Literal["ffn", "channels", "heads"] = "ffn",
         final_sparsity: float = 0.5,
         start: TimeLike = 0.1,
         end: TimeLike = 0.6,
@@ -108,6 +114,8 @@ class StructuredPruning(Technique):
     def validate(self, trainer, pl_module) -> list[str]:
         c = self.config
         groups = find_groups(pl_module, c.kind)
+        if c.kind == "heads" and not groups:
+            return head_problems(pl_module, groups, groups, c.final_sparsity, c.min_units)
         if not groups:
             what = ("a Conv whose output reaches exactly one Conv/Linear through activations, BatchNorm, pooling or "
                     "flatten" if c.kind == "channels" else "a Llama/BERT FFN or a Linear -> activation -> Linear chain")
@@ -118,6 +126,8 @@ class StructuredPruning(Technique):
         problems += [f"exclude_names pattern {p!r} matches no {c.kind} group; groups are named like {names}" for p in dead_out]
         if not chosen and not problems:
             problems.append(f"every {c.kind} group is excluded: narrow exclude_names")
+        if c.kind == "heads":
+            problems += head_problems(pl_module, groups, chosen, c.final_sparsity, c.min_units)
         problems += overlap_problems(self, trainer, pl_module)
         problems += self.strategy_problems(trainer)
         total = training_progress(trainer, need_total=False)[1]
@@ -162,6 +172,8 @@ class StructuredPruning(Technique):
         self.keep = {g.name: torch.ones(g.units, dtype=torch.bool) for g in self.groups}
         self.taylor = {g.name: torch.zeros(g.units) for g in self.groups} if c.importance == "taylor" else {}
         self.params_before = sum(p.numel() for p in pl_module.parameters())
+        # a technique reused for another fit starts over (a checkpoint's state is restored just below)
+        self.last_update_step, self.last_mask_changes, self.params_after, self.shrunk = -1, 0, 0, False
         if self._pending is not None:
             self._restore(self._pending)
 

@@ -4,10 +4,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.plugins import MixedPrecision
-from lightning_eff.plugins.pruning import GradualPruning
-from lightning_eff.plugins.pruning.gradual import is_update_step, sparsity_at
 
 from lightning_eff import ConfigError
+from lightning_eff.plugins.pruning import GradualPruning
+from lightning_eff.plugins.pruning.gradual import is_update_step, sparsity_at
 from lightning_eff.recipe import load_recipe
 from lightning_eff.testing import (
     TinyClassifier,

@@ -4,12 +4,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.plugins import MixedPrecision
-from lightning_eff.kernels.nm_sparsity import nm_mask_reference
-from lightning_eff.plugins.pruning import NMSparsity, nm_sparse_ste
-from lightning_eff.plugins.pruning.nm import flow_factor, semi_structured_unsupported
 from torch.nn import functional as F
 
 from lightning_eff import ConfigError
+from lightning_eff.kernels.nm_sparsity import nm_mask_reference
+from lightning_eff.plugins.pruning import NMSparsity, nm_sparse_ste
+from lightning_eff.plugins.pruning.nm import flow_factor, semi_structured_unsupported
 from lightning_eff.recipe import load_recipe
 from lightning_eff.testing import (
     TinyClassifier,

@@ -1,6 +1,8 @@
 """The shared mask math and module selection, without a Trainer."""
 
 import torch
+from torch import nn
+
 from lightning_eff.plugins.pruning.masks import (
     count_for,
     global_masks,
@@ -9,7 +11,6 @@ from lightning_eff.plugins.pruning.masks import (
     prune_smallest,
 )
 from lightning_eff.plugins.pruning.targets import select_modules, selection_problems
-from torch import nn
 
 
 def test_prune_smallest_prunes_exactly_k_and_breaks_ties_by_position():

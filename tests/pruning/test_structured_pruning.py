@@ -3,6 +3,10 @@
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_eff import ConfigError
 from lightning_eff.plugins.pruning import StructuredPruning
 from lightning_eff.plugins.pruning.structure import (
     find_groups,
@@ -10,10 +14,6 @@ from lightning_eff.plugins.pruning.structure import (
     mask_group,
     shrink_group,
 )
-from torch import nn
-from torch.nn import functional as F
-
-from lightning_eff import ConfigError
 from lightning_eff.recipe import load_recipe
 from lightning_eff.testing import (
     TinyClassifier,
