@@ -28,7 +28,7 @@ bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/hub_overhead.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check lightning_eff plugins kernels tests
+	$(BIN)/ruff check lightning_eff plugins kernels tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info bench-out

@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from lightning_eff.plugins.data import info_batch_dataloader
-
 from lightning_eff.bench import format_table, run_bench
 from lightning_eff.bench.tasks.vision import DigitsDataModule, vision_task
+from lightning_eff.plugins.data import info_batch_dataloader
 
 
 class InfoBatchDigits(DigitsDataModule):

@@ -71,6 +71,7 @@ def run_filters(windows: torch.Tensor, folder: Path, args) -> tuple[list[int], d
     """The offline CLI, in-process: dedup, score, filter within the dedup index."""
     import click
     from click.testing import CliRunner
+
     from lightning_eff.plugins import data as data_plugin
 
     root = click.Group("lightning-eff")

@@ -16,10 +16,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from lightning_eff.plugins.data import info_batch_dataloader
-
 from lightning_eff.bench import format_table, run_bench
 from lightning_eff.bench.tasks.vision import DigitsDataModule, vision_task
+from lightning_eff.plugins.data import info_batch_dataloader
 
 
 class IndexedDigits(DigitsDataModule):

@@ -26,10 +26,9 @@ FLOAT8_EMULATED = {
 
 
 def measure_memory(steps: int = 3) -> dict:
+    from lightning_eff.bench.tasks.lm import TinyLlamaLM, byte_windows
     from lightning_eff.plugins.precision import LowPrecisionAdamW
     from lightning_eff.plugins.precision.memory import StepProbe, optimizer_state_bytes, parameter_bytes
-
-    from lightning_eff.bench.tasks.lm import TinyLlamaLM, byte_windows
 
     batch = byte_windows(64, 1_000_000, 32_000)["train"][:16]
     out: dict = {}

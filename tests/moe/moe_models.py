@@ -33,6 +33,19 @@ def tiny_llama(seed: int = 0, **overrides):
     return transformers.LlamaForCausalLM(llama_config(**overrides)).eval()
 
 
+def tiny_decoder(family: str, seed: int = 0):
+    """A tiny causal LM of another SwiGLU family (``Mistral``, ``Qwen2``) with the Llama test sizes."""
+    import transformers
+
+    kwargs = llama_config().to_dict()
+    kwargs = {k: kwargs[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                     "num_attention_heads", "num_key_value_heads")}
+    config = getattr(transformers, f"{family}Config")(**kwargs, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return getattr(transformers, f"{family}ForCausalLM")(config).eval()
+
+
 def tiny_bert(seed: int = 0):
     import transformers
 

@@ -1,8 +1,9 @@
 import pytest
 import torch
+from moe_models import VOCAB, tiny_decoder, tiny_llama
+
 from lightning_eff.plugins.moe.export import export_problems, save_as_transformers_moe
 from lightning_eff.plugins.moe.upcycle import build_moe, find_mlps, install_moe
-from moe_models import VOCAB, tiny_llama
 
 
 def upcycle(model, every_n=1, **kwargs):
@@ -27,6 +28,20 @@ def test_upcycled_llama_saves_as_mixtral_with_the_same_logits(tmp_path, init):
     assert type(loaded).__name__ == "MixtralForCausalLM"
     assert loaded.config.num_local_experts == 4 and loaded.config.num_experts_per_tok == 2
     assert (loaded(ids).logits - expected).abs().max().item() < 1e-5
+
+
+def test_upcycled_mistral_saves_as_mixtral_and_qwen2_is_refused_with_the_supported_list(tmp_path):
+    import transformers
+
+    model = upcycle(tiny_decoder("Mistral"), num_experts=4, top_k=2, router_init_std=0.5)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    expected = model(ids).logits
+    save_as_transformers_moe(model, tmp_path / "mixtral")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "mixtral").eval()
+    assert type(loaded).__name__ == "MixtralForCausalLM"
+    assert (loaded(ids).logits - expected).abs().max().item() < 1e-5
+    problems = export_problems(upcycle(tiny_decoder("Qwen2"), num_experts=2, top_k=1))
+    assert "Qwen2ForCausalLM has no transformers MoE counterpart" in problems[0] and "MistralForCausalLM" in problems[0]
 
 
 def test_export_explains_what_mixtral_cannot_hold():

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from lightning_eff.plugins.moe.routing import (
     apply_capacity,
     capacity_for,

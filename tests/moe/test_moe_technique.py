@@ -1,12 +1,12 @@
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning_eff.plugins.moe import MoELayer, MoEUpcycling
-from lightning_eff.plugins.moe.routing import load_balancing_loss, router_z_loss
 from moe_models import TinyLlamaModule, TokenDataModule
 from torch.nn import functional as F
 
 from lightning_eff import ConfigError
+from lightning_eff.plugins.moe import MoELayer, MoEUpcycling
+from lightning_eff.plugins.moe.routing import load_balancing_loss, router_z_loss
 from lightning_eff.recipe import load_recipe
 from lightning_eff.testing import (
     TinyClassifier,

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from moe_models import VOCAB, tiny_bert, tiny_llama
+from moe_models import VOCAB, tiny_bert, tiny_decoder, tiny_llama
 from torch import nn
 
 from lightning_eff.plugins.moe.layer import (
@@ -50,6 +50,16 @@ def test_upcycled_llama_computes_the_dense_function(options, kernels, request):
     moe = copy.deepcopy(dense)
     assert upcycle_all(moe, **options) == ["model.layers.0.mlp", "model.layers.1.mlp"]
     assert isinstance(moe.model.layers[1].mlp, MoELayer)
+    assert max_diff(moe(ids).logits, dense(ids).logits) < FP32_ROUNDING
+
+
+@pytest.mark.parametrize("family", ["Mistral", "Qwen2"])
+def test_other_swiglu_families_upcycle_without_changing_their_outputs(family):
+    dense = tiny_decoder(family)
+    ids = torch.randint(0, VOCAB, (2, 12))
+    moe = copy.deepcopy(dense)
+    assert upcycle_all(moe, num_experts=4, top_k=2, init="copy") == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    assert all(is_swiglu_expert(e) for e in moe.model.layers[0].mlp.experts)
     assert max_diff(moe(ids).logits, dense(ids).logits) < FP32_ROUNDING
 
 
