@@ -83,22 +83,26 @@ class EfficiencyHub(Callback):
         # pluggy calls the last registered first: register in reverse so plan order is call order.
         for t in reversed(order):
             self.pm.register(t, name=t.state_key)
-        self._implementers = {h: [t for t in order if t.overrides(h)] for h in DISPATCHED_HOOKS}
+        # Resolved once: per step, a hook costs one call per implementer plus its timing.
+        self._implementers = {}
+        for hook_name in DISPATCHED_HOOKS:
+            calls = [(t, t.own_hook(hook_name), self.seconds[t.name]) for t in order if t.overrides(hook_name)]
+            self._implementers[hook_name] = calls[::-1] if hook_name in EXIT_HOOKS else calls
 
     def dispatch(self, hook_name: str, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
-        implementers = self._implementers.get(hook_name)
-        if implementers is None:
-            implementers = [t for t in self.order if t.overrides(hook_name)]
-        if not implementers:
+        calls = self._implementers.get(hook_name)
+        if calls is None:  # a hook before setup resolved the plan
+            calls = [(t, t.own_hook(hook_name), self.seconds[t.name]) for t in self.order if t.overrides(hook_name)]
+            calls = calls[::-1] if hook_name in EXIT_HOOKS else calls
+        if not calls:
             return
-        if hook_name in EXIT_HOOKS:
-            implementers = implementers[::-1]
         self.dispatching = True
+        clock = time.perf_counter
         try:
-            for t in implementers:
-                start = time.perf_counter()
-                t.call_hook(hook_name, trainer, pl_module, *args, **kwargs)
-                self.seconds[t.name][hook_name] += time.perf_counter() - start
+            for t, impl, seconds in calls:
+                start = clock()
+                impl(t, trainer, pl_module, *args, **kwargs)
+                seconds[hook_name] += clock() - start
         finally:
             self.dispatching = False
 

@@ -185,11 +185,14 @@ class Technique(Callback):
         """Whether this technique implements the Lightning hook ``hook_name``."""
         return getattr(type(self), hook_name) is not getattr(Technique, hook_name)
 
+    def own_hook(self, hook_name: str):
+        """This technique's own implementation of a Lightning hook, unguarded: ``impl(self, trainer, ...)``."""
+        method = getattr(type(self), hook_name)
+        return getattr(method, "_leff_impl", method)
+
     def call_hook(self, hook_name: str, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs):
         """Run this technique's own implementation of a Lightning hook (used by the hub)."""
-        method = getattr(type(self), hook_name)
-        impl = getattr(method, "_leff_impl", method)
-        return impl(self, trainer, pl_module, *args, **kwargs)
+        return self.own_hook(hook_name)(self, trainer, pl_module, *args, **kwargs)
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in self.config.model_dump().items())
