@@ -25,6 +25,11 @@ def parse_budget(text: str) -> int:
 @click.option("--repeats", "-n", type=int, default=None, help="Baseline+recipe pairs (seeds seed, seed+1, ...). Default: the task's (3).")
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps per run, both arms. Default: the task's.")
 @click.option("--budget", default=None, help="Same as --max-steps, e.g. 300 or 300steps.")
+@click.option(
+    "--recipe-steps", type=float, default=1.0, show_default=True,
+    help="Recipe arm's steps as a multiple of the baseline's, for techniques that make steps cheaper but learn "
+    "less per step (e.g. 2.0). Time to the baseline's quality still decides.",
+)
 @click.option("--evals", type=int, default=10, show_default=True, help="Evaluations per run (time-to-quality resolution).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--warmup-steps", type=int, default=5, show_default=True, help="Steps of one discarded run per arm before measuring.")
@@ -40,7 +45,7 @@ def parse_budget(text: str) -> int:
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines or progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout instead of the table.")
 @click.pass_context
-def bench(ctx, recipe, task, repeats, max_steps, budget, evals, seed, warmup_steps, out, model, data, metric, mode, label_noise, tolerance, logger, accelerator, quiet, as_json):
+def bench(ctx, recipe, task, repeats, max_steps, budget, recipe_steps, evals, seed, warmup_steps, out, model, data, metric, mode, label_noise, tolerance, logger, accelerator, quiet, as_json):
     """Time-to-quality: train a baseline and RECIPE on the same task and seeds, and compare.
 
     Writes results.json, quality plots and report.html into --out, and prints the table.
@@ -64,7 +69,7 @@ def bench(ctx, recipe, task, repeats, max_steps, budget, evals, seed, warmup_ste
             task=task, recipe=recipe, repeats=repeats, max_steps=max_steps, evals=evals, seed=seed, out=out,
             label_noise=label_noise, model=model, data=data, metric=metric,
             higher_is_better=None if mode is None else mode == "max", tolerance=tolerance, logger=logger,
-            accelerator=accelerator, quiet=quiet or as_json, warmup_steps=warmup_steps,
+            accelerator=accelerator, quiet=quiet or as_json, warmup_steps=warmup_steps, recipe_steps=recipe_steps,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None

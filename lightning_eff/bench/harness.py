@@ -94,12 +94,16 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
     command: str | None = None,
     warmup_steps: int = 5,
+    recipe_steps: float = 1.0,
 ) -> BenchResult:
     """Train the baseline and the recipe ``repeats`` times each and compare time-to-quality.
 
     ``out``: folder for ``results.json``, the plots and ``report.html`` (nothing is written when None).
     ``progress``: receives one line before each run (default: stderr unless ``quiet``).
     ``warmup_steps``: steps of one discarded run per arm before the measured ones (0: none).
+    ``recipe_steps``: the recipe arm trains this multiple of the baseline's steps (its own schedule,
+    decayed at its own end; same evaluation interval). Above 1 for techniques that make steps cheaper
+    but learn less per step: time-to-quality still decides, so more steps are not a free win.
     """
     bench_task = resolve_task(task, model, data, metric, higher_is_better, label_noise)
     loaded = resolve_recipe(recipe)
@@ -115,6 +119,9 @@ def run_bench(
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be at least 1")
     eval_every, steps = eval_schedule(max_steps or bench_task.default_max_steps, evals)
+    if not 0 < recipe_steps <= 100:
+        raise ConfigError(f"recipe_steps={recipe_steps} must be in (0, 100]: a multiple of the baseline's {steps} steps")
+    recipe_total = eval_every * max(1, math.ceil(round(steps * recipe_steps) / eval_every))
     out_dir = Path(out) if out is not None else None
     say = progress or ((lambda line: None) if quiet else _stderr)
 
@@ -134,6 +141,12 @@ def run_bench(
         logger=logger, log_dir=out_dir / "logs" if out_dir else None,
         progress_bar=not quiet and sys.stderr.isatty(),  # a bar piped to a log file is noise
     )
+    plans = {"baseline": plan, "recipe": replace(plan, max_steps=recipe_total)}
+    if recipe_total != steps:
+        warnings.append(
+            f"the recipe arm trained {recipe_total} steps, the baseline {steps} (recipe_steps={recipe_steps}): "
+            "compare time to quality, not per-step numbers"
+        )
     seeds = [seed + r for r in range(repeats)]
     if warmup_steps:
         # The first fit in a process pays one-time costs (lazy imports, allocator growth, first
@@ -153,10 +166,10 @@ def run_bench(
             eta = _duration(statistics_mean(durations) * (total - index + 1)) if durations else "after the first run"
             say(
                 f"[{index}/{total}] {bench_task.name}: {arm} ({loaded.name if arm == 'recipe' else 'no techniques'}), "
-                f"repeat {r + 1}/{repeats}, seed {run_seed}, {steps} steps | elapsed {_duration(time.perf_counter() - started)}, ETA {eta}"
+                f"repeat {r + 1}/{repeats}, seed {run_seed}, {plans[arm].max_steps} steps | elapsed {_duration(time.perf_counter() - started)}, ETA {eta}"
             )
             t0 = time.perf_counter()
-            run = run_once(plan, arm, r, run_seed)
+            run = run_once(plans[arm], arm, r, run_seed)
             durations.append(time.perf_counter() - t0)
             runs.append(run)
             say(f"        {arm}: {run.train_seconds:.1f}s training, {bench_task.metric} {run.final_quality:.4f}")
@@ -189,6 +202,7 @@ def run_bench(
                 "repeats": repeats, "max_steps": steps, "evals": evals, "seed": seed,
                 "label_noise": label_noise or None, "tolerance": tolerance or None,
                 "warmup_steps": None if warmup_steps == 5 else warmup_steps, "out": str(out) if out else None,
+                "recipe_steps": None if recipe_total == steps else recipe_steps,
             }
         )
     if plan.accelerator != "cpu":
@@ -199,7 +213,8 @@ def run_bench(
         environment=describe_environment(command, device),
         task=TaskInfo(
             name=bench_task.name, description=bench_task.description, metric=bench_task.metric,
-            higher_is_better=higher, max_steps=steps, eval_every=eval_every, details=bench_task.details,
+            higher_is_better=higher, max_steps=steps, recipe_max_steps=None if recipe_total == steps else recipe_total,
+            eval_every=eval_every, details=bench_task.details,
         ),
         recipe=RecipeInfo(
             name=loaded.name, description=loaded.description, source=loaded.source,

@@ -7,7 +7,7 @@ from html import escape
 from pathlib import Path
 
 from lightning_eff.bench.schema import BenchResult
-from lightning_eff.bench.table import fmt, table_rows, verdict_line
+from lightning_eff.bench.table import fmt, steps_label, table_rows, verdict_line
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
@@ -67,7 +67,7 @@ def render_html(result: BenchResult, images: list[Path]) -> str:
 {per_run}
 <h2>Method</h2>
 <ul><li>Task: {escape(task.description)}; quality = <code>{escape(task.metric)}</code> on a held-out split,
-{"higher" if task.higher_is_better else "lower"} is better; {task.max_steps} steps, evaluated every {task.eval_every}.</li>
+{"higher" if task.higher_is_better else "lower"} is better; {steps_label(task)}, evaluated every {task.eval_every}.</li>
 <li>Recipe <code>{escape(recipe.name)}</code> ({escape(recipe.description)}):<ul>{techniques}</ul></li>
 <li>Repeats: {m.repeats}, seeds {escape(str(m.seeds))}; order: {escape(m.order)}.</li>
 <li>Time to quality: {escape(m.time_to_quality)}{f"; tolerance {m.tolerance}" if m.tolerance else ""}.</li>

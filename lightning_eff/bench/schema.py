@@ -47,6 +47,9 @@ class TaskInfo(_Strict):
     metric: str = Field(description="logged validation key that is 'quality'")
     higher_is_better: bool
     max_steps: int
+    recipe_max_steps: int | None = Field(
+        None, description="the recipe arm's steps when it differs from max_steps (--recipe-steps), else null"
+    )
     eval_every: int = Field(description="optimizer steps between evaluations")
     details: dict[str, str | int | float | bool | None] = {}
 

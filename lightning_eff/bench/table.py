@@ -107,6 +107,12 @@ def verdict_line(result: BenchResult) -> str:
     )
 
 
+def steps_label(task) -> str:
+    """``300 steps``, or ``300 steps (recipe 600)`` when the arms trained different step counts."""
+    extra = f" (recipe {task.recipe_max_steps})" if task.recipe_max_steps else ""
+    return f"{task.max_steps} steps{extra}"
+
+
 def format_table(result: BenchResult) -> str:
     header = Row("", "baseline (median)", "recipe (median)", "recipe / baseline: min / median / max")
     rows = [header, *table_rows(result)]
@@ -114,7 +120,7 @@ def format_table(result: BenchResult) -> str:
     lines = [
         (
             f"lightning-eff bench: task {result.task.name} ({result.task.description}), recipe {result.recipe.name}, "
-            f"{result.method.repeats} repeat(s), {result.task.max_steps} steps, device {result.environment.device}"
+            f"{result.method.repeats} repeat(s), {steps_label(result.task)}, device {result.environment.device}"
         )
     ]
     for i, r in enumerate(rows):

@@ -135,6 +135,7 @@ def fail_if_training_starts(*args, **kwargs):
         ({"logger": "csv"}, "give out="),
         ({"task": "lm", "label_noise": 0.2}, "task 'lm' does not take label_noise"),
         ({"label_noise": 1.5}, "label_noise=1.5 must be in [0, 1)"),
+        ({"recipe_steps": 0}, "recipe_steps=0 must be in (0, 100]"),
     ],
 )
 def test_bad_input_fails_before_training_with_a_clear_message(monkeypatch, kwargs, message):
@@ -187,3 +188,17 @@ def test_csv_logger_writes_one_log_per_run(tmp_path):
     run_bench("vision", EMPTY, repeats=1, max_steps=4, evals=1, warmup_steps=0, quiet=True, logger="csv", out=tmp_path)
     logs = sorted(p.parent.name for p in (tmp_path / "logs" / "vision").glob("*/metrics.csv"))
     assert logs == ["baseline-r0", "recipe-r0"]
+
+
+def test_recipe_steps_give_the_recipe_arm_its_own_longer_budget_and_the_report_says_so():
+    result = run_bench("vision", EMPTY, repeats=1, max_steps=6, evals=3, recipe_steps=2.0, warmup_steps=0, quiet=True)
+    steps = {r.arm: r.steps for r in result.runs}
+    assert steps == {"baseline": 6, "recipe": 12}
+    recipe_run = next(r for r in result.runs if r.arm == "recipe")
+    assert [p.step for p in recipe_run.curve][-1] == 12  # evaluated at the same interval, to its own end
+    assert result.task.recipe_max_steps == 12 and "--recipe-steps 2.0" in result.environment.command
+    assert any("recipe arm trained 12 steps, the baseline 6" in w for w in result.warnings)
+    assert "6 steps (recipe 12)" in format_table(result)
+    # Same seed, no technique, twice the steps (its own, slower-decaying schedule): it reaches the
+    # baseline's final accuracy within its run, so time to quality is defined (deterministic on CPU).
+    assert recipe_run.time_to_quality is not None
