@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--evals", type=int, default=10)
+    parser.add_argument("--recipe-steps", type=float, default=1.0, help="recipe arm's steps / baseline's")
     parser.add_argument("--out", default=None)
     parser.add_argument(
         "--set",
@@ -61,6 +62,7 @@ def main() -> None:
     torch.set_num_threads(1)
     use_process_time()
     tag = "".join(f"-{item}" for item in args.set).replace("=", "")
+    tag += f"-x{args.recipe_steps:g}" if args.recipe_steps != 1.0 else ""
     out = args.out or f"bench-out/freezing/{args.task}-{Path(args.recipe).stem}{tag}"
     command = " ".join(
         [
@@ -68,6 +70,7 @@ def main() -> None:
             f"--task {args.task}",
             f"--recipe {args.recipe}",
             f"--repeats {args.repeats}",
+            *([f"--recipe-steps {args.recipe_steps}"] if args.recipe_steps != 1.0 else []),
         ]
     )
     recipe = recipe_with_overrides(args.recipe, args.set)
@@ -78,6 +81,7 @@ def main() -> None:
         repeats=args.repeats,
         max_steps=args.max_steps,
         evals=args.evals,
+        recipe_steps=args.recipe_steps,
         out=out,
         accelerator="cpu",
         command=command,
