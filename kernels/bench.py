@@ -53,6 +53,7 @@ from lightning_eff.kernels.norms import norm_forward_reference
 # modules whose name is also the op's name (the package exports the op function)
 flce = importlib.import_module("lightning_eff.kernels.fused_linear_cross_entropy")
 f8 = importlib.import_module("lightning_eff.kernels.fp8_cast")
+nm = importlib.import_module("lightning_eff.kernels.nm_sparsity")
 
 COLUMNS = ["date", "device", "torch", "triton", "op", "shape", "dtype", "impl", "ms", "throughput", "unit",
            "pct_of_ceiling", "peak_memory_mb", "max_rel_error", "status"]
@@ -264,6 +265,26 @@ def fp8_cast_case(rows: int, cols: int, granularity: str, device: str) -> Case:
                 bytes_moved=rows * cols * (4 + 1), baselines=baselines)
 
 
+def nm_mask_decay_case(rows: int, cols: int, n: int, m: int, dtype: torch.dtype, device: str) -> Case:
+    decay = 2e-4
+
+    def make():
+        return torch.randn(rows, cols, device=device).to(dtype), torch.randn(rows, cols, device=device).to(dtype)
+
+    def ours(w, g):
+        keep, grad = nm.nm_mask_decay(w, g, n, m, decay)
+        return keep.float(), grad
+
+    def expected(w, g):  # the mask must match exactly (the float64 |w| order is the fp32 one)
+        keep, grad = nm.nm_mask_decay_reference(w.double(), g.double(), n, m, decay)
+        return keep.float(), grad
+
+    baselines = _baselines(device, {"reference (topk + where)": lambda w, g: nm.nm_mask_decay_reference(w, g, n, m, decay)})
+    size = rows * cols * torch.tensor([], dtype=dtype).element_size()
+    return Case(f"nm_mask_decay ({n}:{m})", f"{rows}x{cols}", dtype, make, ours, expected,
+                bytes_moved=3 * size + rows * cols, baselines=baselines)
+
+
 def gpu_cases() -> list[Case]:
     # Every input is larger than an H100's 50 MB L2.
     bf16 = torch.bfloat16
@@ -278,6 +299,7 @@ def gpu_cases() -> list[Case]:
         moe_grouped_case(8192, 2048, 8192, 8, 2, bf16, "cuda"),
         fp8_cast_case(16384, 8192, "tensorwise", "cuda"),
         fp8_cast_case(16384, 8192, "rowwise", "cuda"),
+        nm_mask_decay_case(16384, 8192, 2, 4, bf16, "cuda"),
     ]
 
 
@@ -293,6 +315,8 @@ def cpu_cases() -> list[Case]:
         moe_grouped_case(20, 32, 48, 4, 2, torch.float32, "cpu"),
         fp8_cast_case(9, 130, "tensorwise", "cpu"),
         fp8_cast_case(9, 130, "rowwise", "cpu"),
+        nm_mask_decay_case(12, 64, 2, 4, torch.float32, "cpu"),
+        nm_mask_decay_case(12, 64, 2, 4, torch.bfloat16, "cpu"),
     ]
 
 

@@ -18,7 +18,7 @@ def test_cpu_mode_checks_every_op_and_writes_a_csv(tmp_path, capsys):
     assert {r["op"] for r in rows} == {
         "per_sample_cross_entropy+backward", "rms_norm+backward", "layer_norm+backward",
         "fused_linear_cross_entropy+backward", "moe_topk_routing", "moe_grouped_swiglu+backward",
-        "fp8_cast (tensorwise)", "fp8_cast (rowwise)",
+        "fp8_cast (tensorwise)", "fp8_cast (rowwise)", "nm_mask_decay (2:4)",
     }
     assert all(r["status"] == "ok" and float(r["max_rel_error"]) < 0.02 for r in rows)
     assert all(r["device"] == "cpu" and r["torch"] == torch.__version__ and r["ms"] == "" for r in rows)
