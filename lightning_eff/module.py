@@ -39,6 +39,13 @@ def batch_size_of(batch: Any) -> int:
     raise TypeError("the batch holds no tensor")
 
 
+def batch_sample_indices(epoch_indices: Sequence[int], batch_idx: int, batch_size: int, batch: Any) -> torch.Tensor:
+    """Dataset indices of batch ``batch_idx`` of an epoch whose sampler yielded ``epoch_indices`` in
+    order (``InfoBatchSampler.epoch_indices``); the last batch may be shorter than ``batch_size``."""
+    offset = batch_idx * batch_size
+    return torch.tensor(epoch_indices[offset : offset + batch_size_of(batch)], dtype=torch.long)
+
+
 def index_batch(batch: Any, index: torch.Tensor) -> Any:
     """Select samples ``index`` (along dim 0) of every tensor in a (nested) batch."""
     if isinstance(batch, torch.Tensor):

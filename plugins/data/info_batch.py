@@ -19,7 +19,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from lightning_eff import PreflightError, Technique, TechniqueConfig, hookimpl
-from lightning_eff.module import batch_size_of
+from lightning_eff.module import batch_sample_indices
 
 from .info_batch_plan import full_plan, prune_plan
 from .info_batch_sampler import InfoBatchSampler
@@ -151,10 +151,7 @@ class InfoBatch(Technique):
             raise RuntimeError(
                 f"info_batch: the sampler iterates a plan for epoch {self.sampler.plan_epoch}, not {trainer.current_epoch}"
             )
-        offset = batch_idx * self.batch_size
-        self.current = torch.tensor(
-            self.sampler.epoch_indices[offset : offset + batch_size_of(batch)], dtype=torch.long
-        )
+        self.current = batch_sample_indices(self.sampler.epoch_indices, batch_idx, self.batch_size, batch)
 
     @hookimpl
     def leff_sample_weights(self, module, batch, per_sample_loss):

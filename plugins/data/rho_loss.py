@@ -34,7 +34,7 @@ import torch
 from pydantic import Field
 
 from lightning_eff import PreflightError
-from lightning_eff.module import batch_size_of
+from lightning_eff.module import batch_sample_indices
 from lightning_eff.schedule import TimeLike
 
 from . import reference as ref
@@ -262,10 +262,7 @@ class RhoLoss(BatchSelector):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.table is None:
             return
-        offset = batch_idx * self.batch_size
-        self.current = torch.tensor(
-            self.sampler.epoch_indices[offset : offset + batch_size_of(batch)], dtype=torch.long
-        )
+        self.current = batch_sample_indices(self.sampler.epoch_indices, batch_idx, self.batch_size, batch)
 
     def _reference_losses(self, batch, n: int) -> torch.Tensor:
         if self.table is not None:

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 
 from lightning_eff import PreflightError, Technique, TechniqueConfig
-from lightning_eff.module import batch_size_of
+from lightning_eff.module import batch_sample_indices
 from lightning_eff.schedule import training_progress
 
 from .activation_cache import (
@@ -124,9 +124,7 @@ class FreezingTechnique(Technique):
     def cache_range(self, trainer, freezer: BlockFreezer) -> int:
         """How many leading blocks activation caching may ever skip: those the schedule can freeze and
         those the user froze before training, never the last block."""
-        user = 0
-        while user < len(freezer) and all(not p.requires_grad for p in freezer.block_params[user]):
-            user += 1
+        user = freezer.leading_blocks(lambda p: not p.requires_grad, len(freezer))
         return min(len(freezer) - 1, max(self.most_frozen_prefix(trainer, freezer), user))
 
     def cache_problems(self, trainer, pl_module, freezer: BlockFreezer) -> list[str]:
@@ -248,18 +246,14 @@ class FreezingTechnique(Technique):
 
     def cacheable_prefix(self) -> int:
         """Leading blocks that hold no trainable parameter (within the range preflight checked)."""
-        count = 0
-        while count < self.cache_limit and all(not p.requires_grad for p in self.freezer.block_params[count]):
-            count += 1
-        return count
+        return self.freezer.leading_blocks(lambda p: not p.requires_grad, self.cache_limit)
 
     def batch_indices(self, trainer, pl_module, batch, batch_idx: int) -> torch.Tensor:
         own = getattr(pl_module, "sample_indices", None)
         if callable(own):
             return torch.as_tensor(own(batch), dtype=torch.long).flatten()
         sampler, batch_size = self._index_source
-        offset = batch_idx * batch_size
-        return torch.tensor(sampler.epoch_indices[offset : offset + batch_size_of(batch)], dtype=torch.long)
+        return batch_sample_indices(sampler.epoch_indices, batch_idx, batch_size, batch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.cache is not None:

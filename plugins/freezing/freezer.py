@@ -15,7 +15,7 @@ learning-rate schedulers index groups by position.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -117,6 +117,13 @@ class BlockFreezer:
         )
 
     # -- metrics -------------------------------------------------------------------------------------
+
+    def leading_blocks(self, frozen: Callable[[nn.Parameter], bool], limit: int) -> int:
+        """How many leading blocks, at most ``limit``, have every parameter ``frozen``."""
+        count = 0
+        while count < limit and all(frozen(p) for p in self.block_params[count]):
+            count += 1
+        return count
 
     def prefix_length(self) -> int:
         count = 0

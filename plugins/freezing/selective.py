@@ -137,10 +137,7 @@ class SelectiveFinetuning(FreezingTechnique):
         """Leading blocks whose every parameter the selection freezes (or the user froze)."""
         frozen, _ = self.selection(trainer.lightning_module, freezer)
         done = {id(p) for p in frozen} | freezer.user_frozen
-        count = 0
-        while count < len(freezer) - 1 and all(id(p) in done for p in freezer.block_params[count]):
-            count += 1
-        return count
+        return freezer.leading_blocks(lambda p: id(p) in done, len(freezer) - 1)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._pending = None  # the selection depends on nothing but the configuration
