@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 import json
+import types
+import typing
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lightning.pytorch import Callback
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
+from lightning_eff.config_types import clip, short_repr
 from lightning_eff.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -53,21 +56,50 @@ DISPATCHED_HOOKS = (
 EXIT_HOOKS = frozenset({"teardown", "on_fit_end", "on_train_end", "on_train_epoch_end", "on_validation_end"})
 
 
-class TechniqueConfig(BaseModel):
-    """Base of every technique's options model: unknown keys are errors, values are immutable."""
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field's type takes ``True``/``False`` as a value of its own (not as 1/0)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _admits_bool(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
+    return False
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class TechniqueConfig(BaseModel):
+    """Base of every technique's options model: unknown keys are errors, values are immutable.
+
+    Rules every option follows, subclasses included (pydantic merges ``model_config``): ``inf`` and
+    ``nan`` are refused (they train to NaN or overflow), and so is a bool where the option is not a
+    bool (pydantic would read ``true`` as 1).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and not _admits_bool(field.annotation):
+                raise ValueError(f"got {str(value).lower()}, a bool; this option is not a bool: write a number or value")
+        return value
 
 
 def format_validation_error(owner: str, error: ValidationError) -> str:
-    """One line per bad option: ``Owner: key=value: what is allowed``."""
+    """One line per bad option: ``Owner: key=value: what is allowed`` (values cut to a line)."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(options)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"{owner}: unknown option '{key}'")
+            lines.append(f"{owner}: unknown option '{clip(key, 80)}'")
         else:
-            lines.append(f"{owner}: {key}={item.get('input')!r}: {item['msg']}")
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{owner}: {key}={short_repr(item.get('input'))}: {clip(msg)}")
     return "\n".join(lines)
 
 

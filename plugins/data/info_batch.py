@@ -19,6 +19,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from lightning_eff import PreflightError, Technique, TechniqueConfig, hookimpl
+from lightning_eff.config_types import Seed
 from lightning_eff.module import batch_sample_indices
 
 from .info_batch_plan import full_plan, prune_plan
@@ -33,7 +34,7 @@ class InfoBatchConfig(TechniqueConfig):
     anneal: float = Field(
         0.125, ge=0.0, lt=1.0, description="final fraction of training on the full data, unweighted"
     )
-    seed: int = Field(
+    seed: Seed = Field(
         0, ge=0, description="seed of the epoch plans (each epoch's generator is derived from it)"
     )
 

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor
 
 from lightning_eff import ConfigError, Technique, TechniqueConfig, hookimpl
+from lightning_eff.config_types import Seed
 from lightning_eff.module import batch_size_of, index_batch
 from lightning_eff.schedule import TimePoint, to_steps
 
@@ -34,7 +35,7 @@ class SelectorConfig(TechniqueConfig):
         1.0, description="selection stops here: steps (int), fraction of the run (float), samples, tokens"
     )
     interrupt: int = Field(0, ge=0, description="every interrupt-th step trains on the full batch (0: never)")
-    seed: int = Field(
+    seed: Seed = Field(
         0, ge=0, description="seed of the technique's own random generator (kept in checkpoints)"
     )
 

@@ -74,7 +74,7 @@ class AdaptiveFreezing(FreezingTechnique):
             percentile=percentile,
             max_fraction=max_fraction,
             start=start,
-            blocks=tuple(blocks),
+            blocks=blocks,
             cache_activations=cache_activations,
             static_data=static_data,
             cache_max_bytes=cache_max_bytes,

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 
 from lightning_eff import PreflightError, Technique, TechniqueConfig
+from lightning_eff.config_types import Patterns
 from lightning_eff.module import batch_sample_indices
 from lightning_eff.schedule import training_progress
 
@@ -35,7 +36,7 @@ STRATEGIES = ("single_device", "ddp")
 
 
 class FreezingConfig(TechniqueConfig):
-    blocks: tuple[str, ...] = Field(
+    blocks: Patterns = Field(
         (),
         description="glob patterns of the modules that are the blocks, in forward order (empty: found automatically)",
     )

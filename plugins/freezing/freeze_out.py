@@ -59,7 +59,7 @@ class FreezeOut(FreezingTechnique):
             t0=t0,
             scale=scale,
             scale_lr=scale_lr,
-            blocks=tuple(blocks),
+            blocks=blocks,
             cache_activations=cache_activations,
             static_data=static_data,
             cache_max_bytes=cache_max_bytes,

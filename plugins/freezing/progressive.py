@@ -55,7 +55,7 @@ class ProgressiveFreezing(FreezingTechnique):
             start=start,
             end=end,
             level=level,
-            blocks=tuple(blocks),
+            blocks=blocks,
             cache_activations=cache_activations,
             static_data=static_data,
             cache_max_bytes=cache_max_bytes,

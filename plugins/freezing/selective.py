@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import nn
 
+from lightning_eff.config_types import Patterns
+
 from .base import FreezingConfig, FreezingTechnique
 from .blocks import block_problems
 from .freezer import BlockFreezer
@@ -58,7 +60,7 @@ class SelectiveFinetuningConfig(FreezingConfig):
     preset: Preset = Field(
         "none", description="bias: BitFit; norm: normalisation layers; bias_and_norm: both"
     )
-    train: tuple[str, ...] = Field(
+    train: Patterns = Field(
         (), description="glob patterns of parameter names kept trainable, e.g. 'classifier.*'"
     )
     train_last_blocks: int = Field(0, ge=0, description="keep the last k blocks trainable (SubTuning-style)")
@@ -83,9 +85,9 @@ class SelectiveFinetuning(FreezingTechnique):
     ) -> None:
         super().__init__(
             preset=preset,
-            train=tuple(train),
+            train=train,
             train_last_blocks=train_last_blocks,
-            blocks=tuple(blocks),
+            blocks=blocks,
             cache_activations=cache_activations,
             static_data=static_data,
             cache_max_bytes=cache_max_bytes,

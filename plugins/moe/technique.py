@@ -15,28 +15,33 @@ import torch
 from pydantic import Field, model_validator
 
 from lightning_eff import Technique, TechniqueConfig, hookimpl
+from lightning_eff.config_types import Patterns, Seed
 from lightning_eff.module import EfficientModule
 
 from .layer import MoELayer
 from .routing import load_balancing_loss, load_cv, router_z_loss
 from .upcycle import STRUCTURED_KINDS, build_moe, find_mlps, install_moe, moe_layers
 
+# Upper bound: each expert is a copy of the MLP, so a typo (1e9) would hang allocating them; a
+# capacity factor past num_experts / top_k already means "every token fits" (dropless).
+MAX_EXPERTS = 1024
+
 
 class MoEUpcyclingConfig(TechniqueConfig):
-    num_experts: int = Field(8, ge=2, description="experts per upcycled layer")
+    num_experts: int = Field(8, ge=2, le=MAX_EXPERTS, description="experts per upcycled layer")
     top_k: int = Field(2, ge=1, description="experts per token (top-k routing) or capacity multiplier (expert choice)")
     every_n: int = Field(2, ge=1, description="upcycle every n-th MLP (the 2nd, 4th...; 1 = all), when include_names is empty")
-    include_names: tuple[str, ...] = Field((), description="glob patterns of module names to upcycle instead of every_n (e.g. 'blocks.1')")
+    include_names: Patterns = Field((), description="glob patterns of module names to upcycle instead of every_n (e.g. 'blocks.1')")
     init: Literal["copy", "virtual_group", "drop"] = Field("copy", description="expert init: copies, FFN shards, or copies partly re-initialised")
     virtual_groups: int = Field(2, ge=1, description="virtual_group: shards per dense FFN (num_experts and top_k must be multiples)")
     drop_ratio: float = Field(0.5, gt=0.0, le=1.0, description="drop: fraction of each expert's hidden units re-initialised")
     routing: Literal["topk", "expert_choice"] = Field("topk", description="softmax-then-top-k (renormalised), or expert choice (non-causal models only)")
-    capacity_factor: float | None = Field(None, gt=0.0, description="slots per expert = factor * tokens * top_k / experts; None = dropless")
+    capacity_factor: float | None = Field(None, gt=0.0, le=MAX_EXPERTS, description="slots per expert = factor * tokens * top_k / experts; None = dropless")
     shared_expert: bool = Field(False, description="add an always-on copy of the dense MLP; output = (shared + routed) / 2")
     router_init_std: float = Field(0.02, ge=0.0, description="std of the router's normal init")
     load_balancing_coef: float = Field(0.01, ge=0.0, description="Switch load-balancing loss coefficient (0: off; needs EfficientModule)")
     z_loss_coef: float = Field(0.001, ge=0.0, description="router z-loss coefficient (0: off; needs EfficientModule)")
-    seed: int = Field(0, description="seed of the router init and of drop re-initialisation")
+    seed: Seed = Field(0, description="seed of the router init and of drop re-initialisation")
 
     @model_validator(mode="after")
     def _consistent(self) -> MoEUpcyclingConfig:
@@ -89,7 +94,7 @@ class MoEUpcycling(Technique):
             num_experts=num_experts,
             top_k=top_k,
             every_n=every_n,
-            include_names=tuple(include_names),
+            include_names=include_names,
             init=init,
             virtual_groups=virtual_groups,
             drop_ratio=drop_ratio,

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from lightning_eff import Technique, TechniqueConfig, hookimpl
+from lightning_eff.config_types import Patterns
 from lightning_eff.errors import MissingDependencyError
 from lightning_eff.surgery import name_matches
 
@@ -105,8 +106,8 @@ class Float8TrainingConfig(TechniqueConfig):
     min_features: int = Field(
         1024, ge=16, description="skip Linear layers whose smaller dimension is below this (fp8 does not pay off)"
     )
-    include_names: tuple[str, ...] = Field((), description="glob patterns of Linear names to convert (empty: all)")
-    exclude_names: tuple[str, ...] = Field(
+    include_names: Patterns = Field((), description="glob patterns of Linear names to convert (empty: all)")
+    exclude_names: Patterns = Field(
         ("*lm_head",), description="glob patterns of Linear names never converted (the output head by default)"
     )
     on_unsupported: Literal["skip", "error"] = Field(
@@ -132,8 +133,8 @@ class Float8Training(Technique):
         emulate: bool = False,
     ) -> None:
         super().__init__(
-            recipe=recipe, min_features=min_features, include_names=tuple(include_names),
-            exclude_names=tuple(exclude_names), on_unsupported=on_unsupported, emulate=emulate,
+            recipe=recipe, min_features=min_features, include_names=include_names,
+            exclude_names=exclude_names, on_unsupported=on_unsupported, emulate=emulate,
         )
         self.converted: list[str] = []
         self.skipped: dict[str, str] = {}

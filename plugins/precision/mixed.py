@@ -19,6 +19,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from lightning_eff import Technique, TechniqueConfig, hookimpl
+from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError, LightningEffError
 from lightning_eff.schedule import TimeLike, TimePoint, to_steps
 
@@ -50,10 +51,10 @@ class MixedPrecisionConfig(TechniqueConfig):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     precision: str = Field("bf16-mixed", description=f"Trainer precision: one of {sorted(LOW_PRECISIONS)}")
-    fp32_modules: tuple[str, ...] = Field(
+    fp32_modules: Patterns = Field(
         (), description="glob / 're:' patterns of module names kept in fp32 (e.g. 'lm_head', '*.router')"
     )
-    fp32_types: tuple[str, ...] = Field(
+    fp32_types: Patterns = Field(
         DEFAULT_FP32_TYPES, description="class-name globs of modules kept in fp32 (default: norms and MoE routers)"
     )
     full_precision_from: TimePoint | None = Field(
@@ -76,7 +77,7 @@ class MixedPrecision(Technique):
         full_precision_from: TimeLike | None = None,
     ) -> None:
         super().__init__(
-            precision=precision, fp32_modules=tuple(fp32_modules), fp32_types=tuple(fp32_types),
+            precision=precision, fp32_modules=fp32_modules, fp32_types=fp32_types,
             full_precision_from=full_precision_from,
         )
         self.policy: dict[str, Any] = {}

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from lightning_eff import Technique, TechniqueConfig
+from lightning_eff.config_types import Seed
 from lightning_eff.errors import LightningEffError
 
 from .blockwise import state_bytes_per_value
@@ -73,7 +74,7 @@ class LowPrecisionOptimizerStatesConfig(TechniqueConfig):
     block_size: int = Field(256, ge=16, le=65536, description="values sharing one fp32 absmax (int8 only)")
     min_numel: int = Field(4096, ge=0, description="parameters with fewer elements keep fp32 moments")
     stochastic_rounding: bool = Field(True, description="round moments stochastically (unbiased) rather than to nearest")
-    seed: int = Field(0, description="seed of the stochastic rounding noise")
+    seed: Seed = Field(0, description="seed of the stochastic rounding noise")
 
 
 class LowPrecisionOptimizerStates(Technique):

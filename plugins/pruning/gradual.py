@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor
 
 from lightning_eff import Technique, TechniqueConfig
+from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError
 from lightning_eff.schedule import (
     TimeLike,
@@ -59,9 +60,9 @@ class GradualPruningConfig(TechniqueConfig):
     end: TimePoint = Field(0.7, description="step or fraction at which final_sparsity is reached")
     update_every: TimePoint = Field(0.01, description="steps or fraction of the run between mask updates (>= 1 step)")
     scope: Literal["layer", "global"] = Field("layer", description="per-layer threshold, or one global threshold")
-    include_types: tuple[str, ...] = Field(DEFAULT_TYPES, description="module class names whose weight is pruned")
-    include_names: tuple[str, ...] = Field((), description="glob patterns of module names to prune (empty: all)")
-    exclude_names: tuple[str, ...] = Field((), description="glob patterns of module names never pruned")
+    include_types: Patterns = Field(DEFAULT_TYPES, description="module class names whose weight is pruned")
+    include_names: Patterns = Field((), description="glob patterns of module names to prune (empty: all)")
+    exclude_names: Patterns = Field((), description="glob patterns of module names never pruned")
     rewind_to: TimePoint | None = Field(
         None, description="lottery-ticket rewind: at `end`, surviving weights return to their value at this step"
     )
@@ -100,8 +101,8 @@ class GradualPruning(Technique):
     ) -> None:
         super().__init__(
             final_sparsity=final_sparsity, initial_sparsity=initial_sparsity, start=start, end=end,
-            update_every=update_every, scope=scope, include_types=tuple(include_types),
-            include_names=tuple(include_names), exclude_names=tuple(exclude_names), rewind_to=rewind_to,
+            update_every=update_every, scope=scope, include_types=include_types,
+            include_names=include_names, exclude_names=exclude_names, rewind_to=rewind_to,
             make_permanent=make_permanent,
         )
         self.masked: MaskedWeights | None = None

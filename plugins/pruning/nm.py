@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from lightning_eff import Technique, TechniqueConfig
+from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError
 from lightning_eff.kernels.nm_sparsity import masked_update_, nm_mask, nm_mask_decay
 from lightning_eff.schedule import TimeLike, TimePoint, check_window, interpolate, to_steps, training_progress
@@ -88,9 +89,9 @@ class NMSparsityConfig(TechniqueConfig):
     gradient_flow_decay: bool = Field(False, description="scale the gradient to pruned weights from 1 to 0")
     flow_decay_start: TimePoint = Field(0.0, description="where that scale starts falling")
     flow_decay_end: TimePoint = Field(1.0, description="where that scale reaches 0")
-    include_types: tuple[str, ...] = Field(("Linear",), description="module class names made N:M sparse")
-    include_names: tuple[str, ...] = Field((), description="glob patterns of module names (empty: all)")
-    exclude_names: tuple[str, ...] = Field((), description="glob patterns of module names left dense")
+    include_types: Patterns = Field(("Linear",), description="module class names made N:M sparse")
+    include_names: Patterns = Field((), description="glob patterns of module names (empty: all)")
+    exclude_names: Patterns = Field((), description="glob patterns of module names left dense")
     make_permanent: bool = Field(True, description="at fit end, drop the dense copy and the mask buffers")
     export_semi_structured: bool = Field(
         False, description="with make_permanent: convert 2:4 weights to to_sparse_semi_structured where the GPU allows"
@@ -131,8 +132,8 @@ class NMSparsity(Technique):
     ) -> None:
         super().__init__(
             n=n, m=m, decay=decay, update_every=update_every, start=start, gradient_flow_decay=gradient_flow_decay,
-            flow_decay_start=flow_decay_start, flow_decay_end=flow_decay_end, include_types=tuple(include_types),
-            include_names=tuple(include_names), exclude_names=tuple(exclude_names), make_permanent=make_permanent,
+            flow_decay_start=flow_decay_start, flow_decay_end=flow_decay_end, include_types=include_types,
+            include_names=include_names, exclude_names=exclude_names, make_permanent=make_permanent,
             export_semi_structured=export_semi_structured,
         )
         self.masked: MaskedWeights | None = None

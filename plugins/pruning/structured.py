@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor
 
 from lightning_eff import Technique, TechniqueConfig
+from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError
 from lightning_eff.schedule import TimeLike, TimePoint, check_window, to_steps, training_progress
 
@@ -58,8 +59,8 @@ class StructuredPruningConfig(TechniqueConfig):
     end: TimePoint = Field(0.6, description="step or fraction at which final_sparsity is reached")
     update_every: TimePoint = Field(0.05, description="steps or fraction of the run between pruning updates")
     importance: Literal["magnitude", "taylor"] = Field("magnitude", description="unit score")
-    include_names: tuple[str, ...] = Field((), description="glob patterns of group names (e.g. 'model.layers.*.mlp')")
-    exclude_names: tuple[str, ...] = Field((), description="glob patterns of group names left whole")
+    include_names: Patterns = Field((), description="glob patterns of group names (e.g. 'model.layers.*.mlp')")
+    exclude_names: Patterns = Field((), description="glob patterns of group names left whole")
     min_units: int = Field(1, ge=1, description="units every group keeps whatever the sparsity")
     make_permanent: bool = Field(True, description="at fit end, physically shrink the modules")
 
@@ -94,7 +95,7 @@ class StructuredPruning(Technique):
     ) -> None:
         super().__init__(
             kind=kind, final_sparsity=final_sparsity, start=start, end=end, update_every=update_every,
-            importance=importance, include_names=tuple(include_names), exclude_names=tuple(exclude_names),
+            importance=importance, include_names=include_names, exclude_names=exclude_names,
             min_units=min_units, make_permanent=make_permanent,
         )
         self.groups: list[UnitGroup] = []
