@@ -5,8 +5,10 @@ A reference is anything that maps a training batch to per-sample losses, shape `
 
 - a module with ``per_sample_loss(batch)`` (a LightningModule mixing in ``EfficientModule``);
 - a plain callable ``batch -> losses``;
-- loaded from ``"pkg.module:factory"`` (``factory()`` returns one of the above), a Lightning
-  ``.ckpt`` of the training module's own class, or a file written by ``torch.save(module)``;
+- named by a recipe: a class path ``"pkg.module:Class"`` (a ``torch.nn.Module`` subclass, built
+  here), or a weights file (a Lightning ``.ckpt``, or a state dict in ``.pt``/``.safetensors``) loaded
+  into ``reference_class`` or a fresh copy of the training module. A recipe is data: files are read
+  with ``weights_only=True`` and a class path never names anything but such a class;
 - trained here on a holdout split (:func:`train_reference`): a fresh instance of the training
   module's class, optionally smaller (``reference_hparams``).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,13 +31,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from lightning_eff.errors import ConfigError
+from lightning_eff.errors import ConfigError, require
 
 ReferenceFn = Callable[[Any], Tensor]
 
 
 def import_factory(path: str) -> Any:
-    """``"pkg.module:name"`` -> the object (called when it is a function or class without arguments)."""
+    """``"pkg.module:name"`` -> the object (called when it is a function or class without arguments).
+
+    Only for import paths the user types on a command line of their own; a recipe's class path goes
+    through :func:`import_class`, which never calls what it imports."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"reference={path!r}: write an import path as 'pkg.module:factory'")
@@ -51,27 +57,139 @@ def import_factory(path: str) -> Any:
     return obj
 
 
-def load_reference(spec: Any, module_class: type | None = None) -> Any:
-    """A reference from ``spec``: an object (returned as is), an import path, or a checkpoint path."""
+def import_class(path: str, base: type, option: str) -> type:
+    """``"pkg.module:Class"`` -> the class, which must subclass ``base``.
+
+    A recipe is data: its class paths may name only a class of the expected kind, which the caller
+    then builds itself. Any other object (``tempfile:mkdtemp``, ``os:system``) is refused uncalled."""
+    module_name, sep, attr = path.partition(":")
+    expected = f"{base.__module__}.{base.__qualname__}"
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{option}={path!r}: write a class path as 'pkg.module:ClassName' (a {expected} subclass)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{option}={path!r}: cannot import '{module_name}' ({exc})") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ConfigError(f"{option}={path!r}: module '{module_name}' has no attribute '{attr}'")
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        kind = f"class {obj.__qualname__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        raise ConfigError(
+            f"{option}={path!r} names {kind}, not a {expected} subclass: a class path may only name such a "
+            "class (lightning-eff builds it; it never calls other objects named in a recipe)"
+        )
+    return obj
+
+
+# Files a reference's weights may come from; all are read as data, never as pickled code.
+STATE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def load_state_file(path: Path, option: str = "reference") -> dict[str, Any]:
+    """The mapping stored in ``path``: safetensors, or ``torch.load(weights_only=True)`` (tensors and
+    plain containers only, so a crafted pickle cannot run code). Anything else is a ConfigError."""
+    text = str(path)
+    if path.suffix == ".safetensors":
+        safetensors_torch = require("safetensors.torch", f"{option}={text!r}", package="safetensors")
+        try:
+            return dict(safetensors_torch.load_file(text, device="cpu"))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise ConfigError(f"{option}={text!r} is not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{option}={text!r} holds pickled Python objects, which could run code when loaded, so it is "
+            f"refused ({reason}). Save the weights only: torch.save(model.state_dict(), path) or a "
+            ".safetensors file, and name the model's class with reference_class='pkg.mod:Class'"
+        ) from None
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{option}={text!r} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(
+            f"{option}={text!r} holds a {type(obj).__name__}, not a state dict: save torch.save(model.state_dict(), path)"
+        )
+    return obj
+
+
+def build_reference_model(
+    pl_module: Any, reference_class: str | None, hparams: dict[str, Any], seed: int, saved_hparams: dict | None = None
+) -> torch.nn.Module:
+    """An untrained reference: ``reference_class(**hparams)``, else a fresh copy of the training
+    module's class from ``saved_hparams`` (a checkpoint's) or the module's own + ``hparams``."""
+    if reference_class is not None:
+        cls = import_class(reference_class, torch.nn.Module, "reference_class")
+        kwargs = dict(hparams)
+    else:
+        if pl_module is None:
+            raise ConfigError("a reference weights file needs reference_class='pkg.mod:Class' to build its model")
+        cls = type(pl_module)
+        if saved_hparams is not None:
+            kwargs = {**saved_hparams, **hparams}
+        else:
+            kwargs = fresh_module_kwargs(pl_module, hparams)
+            if kwargs is None:
+                raise ConfigError(
+                    f"cannot rebuild {cls.__name__} for the reference weights from its saved hyperparameters + "
+                    f"reference_hparams={hparams}: call self.save_hyperparameters() in __init__ or give "
+                    "reference_class='pkg.mod:Class'"
+                )
+    try:
+        return build_fresh_module(cls, kwargs, seed)
+    except TypeError as exc:
+        raise ConfigError(f"cannot build the reference {cls.__name__}(**{kwargs}): {exc}") from None
+
+
+def load_reference(
+    spec: Any,
+    pl_module: Any = None,
+    reference_class: str | None = None,
+    hparams: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Any:
+    """A reference from ``spec``: an object (returned as is), a weights file, or a class path.
+
+    - ``.ckpt`` (a Lightning checkpoint): its ``state_dict`` loaded into ``reference_class`` or the
+      training module's class built from the checkpoint's hyperparameters;
+    - ``.pt``/``.pth``/``.bin``/``.safetensors``: a state dict loaded into ``reference_class`` or a
+      fresh copy of the training module;
+    - ``"pkg.mod:Class"``: a ``torch.nn.Module`` subclass, built as ``Class(**hparams)``.
+
+    Files are read as data (:func:`load_state_file`), never unpickled as code."""
     if not isinstance(spec, (str, os.PathLike)):
         return spec
     text = os.fspath(spec)
+    hparams = dict(hparams or {})
     path = Path(text)
-    if path.suffix in (".ckpt", ".pt", ".pth") or path.exists():
+    if path.suffix in (CHECKPOINT_SUFFIX, *STATE_SUFFIXES) or path.exists():
         if not path.is_file():
-            raise ConfigError(f"reference={text!r}: no such checkpoint file")
-        if path.suffix == ".ckpt":
-            if module_class is None or not hasattr(module_class, "load_from_checkpoint"):
-                raise ConfigError(f"reference={text!r}: a Lightning checkpoint needs the LightningModule class")
-            return module_class.load_from_checkpoint(str(path), map_location="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(obj, dict):
+            raise ConfigError(f"reference={text!r}: no such weights file")
+        state = load_state_file(path)
+        saved_hparams = None
+        if path.suffix == CHECKPOINT_SUFFIX or "state_dict" in state:
+            if not isinstance(state.get("state_dict"), dict):
+                raise ConfigError(f"reference={text!r} is not a Lightning checkpoint: it has no 'state_dict'")
+            saved_hparams = dict(state.get("hyper_parameters") or {})
+            state = state["state_dict"]
+        model = build_reference_model(pl_module, reference_class, hparams, seed, saved_hparams)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError) as exc:
             raise ConfigError(
-                f"reference={text!r} holds a state dict, not a model: save the module itself "
-                "(torch.save(model, path)) or a Lightning .ckpt"
-            )
-        return obj
-    return import_factory(text)
+                f"reference={text!r} does not fit {type(model).__name__}: {exc}".splitlines()[0]
+                + "; give the matching reference_class / reference_hparams"
+            ) from None
+        return model.eval()
+    if reference_class is not None:
+        raise ConfigError(f"reference_class={reference_class!r} only applies to a reference weights file")
+    cls = import_class(text, torch.nn.Module, "reference")
+    try:
+        return build_fresh_module(cls, hparams, seed).eval()
+    except TypeError as exc:
+        raise ConfigError(f"reference={text!r}: cannot build {cls.__name__}(**{hparams}): {exc}") from None
 
 
 def reference_fn(reference: Any) -> ReferenceFn:

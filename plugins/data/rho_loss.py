@@ -10,8 +10,9 @@ loss and are left out too.
 Where the reference losses come from (checked in this order):
 
 1. ``cache``: a file written by an earlier run (reference losses keyed by dataset index);
-2. ``reference``: a model given by the user (import path ``pkg.mod:factory``, a Lightning ``.ckpt`` of
-   the training module's class, a ``torch.save``-d module, or a Python object / callable);
+2. ``reference``: a model given by the user (a class path ``pkg.mod:Class`` of a ``torch.nn.Module``,
+   a Lightning ``.ckpt`` or a state dict file loaded into ``reference_class`` or a copy of the training
+   module, or a Python object / callable); files are read as data (``weights_only=True``);
 3. ``holdout="datamodule"``: a fresh, optionally smaller copy of the training module trained on the
    data module's ``holdout_dataloader()``;
 4. ``holdout="cross_fit"`` (default): the training set split into two seeded halves, one fresh
@@ -51,8 +52,14 @@ class RhoLossConfig(SelectorConfig):
     )
     reference: str | None = Field(
         None,
-        description="reference model: 'pkg.mod:factory', a Lightning .ckpt of the module's class, or a "
-        "torch.save-d module (a Python object can also be passed); None: train one (see holdout)",
+        description="reference model: 'pkg.mod:Class' (a torch.nn.Module subclass, built with "
+        "reference_hparams), or a weights file: a Lightning .ckpt or a state dict (.pt, .safetensors), "
+        "read as data (a Python object can also be passed); None: train one (see holdout)",
+    )
+    reference_class: str | None = Field(
+        None,
+        description="with a weights file as reference: 'pkg.mod:Class' (a torch.nn.Module subclass built "
+        "with reference_hparams) the weights load into; None: the training module's class",
     )
     holdout: Holdout = Field(
         "cross_fit",
@@ -63,7 +70,8 @@ class RhoLossConfig(SelectorConfig):
     reference_lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the reference models")
     reference_hparams: dict[str, Any] | None = Field(
         None,
-        description="constructor overrides for the reference (a smaller copy of the module: {'hidden': 32})",
+        description="constructor arguments of the reference: overrides for a copy of the training module "
+        "(a smaller one: {'hidden': 32}), or the arguments of reference_class / a class-path reference",
     )
     cache: str | None = Field(
         None, description="file of the precomputed reference losses: read when it exists, else written"
@@ -80,6 +88,7 @@ class RhoLoss(BatchSelector):
         self,
         keep: float = 0.1,
         reference: Any = None,
+        reference_class: str | None = None,
         holdout: Holdout = "cross_fit",
         reference_steps: int = 200,
         reference_lr: float = 1e-3,
@@ -95,6 +104,7 @@ class RhoLoss(BatchSelector):
         super().__init__(
             keep=keep,
             reference=reference if isinstance(reference, str) else None,
+            reference_class=reference_class,
             holdout=holdout,
             reference_steps=reference_steps,
             reference_lr=reference_lr,
@@ -124,7 +134,9 @@ class RhoLoss(BatchSelector):
         c = self.config
         if c.reference is not None and self.reference_object is None:
             try:
-                self.reference_object = ref.load_reference(c.reference, type(pl_module))
+                self.reference_object = ref.load_reference(
+                    c.reference, pl_module, c.reference_class, c.reference_hparams, c.seed
+                )
             except Exception as exc:  # noqa: BLE001 - any failure to load is the same problem
                 problems.append(f"rho_loss cannot load its reference: {exc}")
                 return problems
@@ -139,15 +151,15 @@ class RhoLoss(BatchSelector):
         if c.holdout == "datamodule" and not hasattr(trainer.datamodule, "holdout_dataloader"):
             problems.append(
                 "rho_loss has no reference available: holdout='datamodule' but the data module has no "
-                "holdout_dataloader(); add one, pass reference= (a model, 'pkg.mod:factory' or a "
-                "checkpoint), or use holdout='cross_fit'"
+                "holdout_dataloader(); add one, pass reference= (a model, 'pkg.mod:Class' or a "
+                "weights file), or use holdout='cross_fit'"
             )
         if ref.fresh_module_kwargs(pl_module, c.reference_hparams or {}) is None:
             problems.append(
                 f"rho_loss has no reference available: it cannot build a fresh {type(pl_module).__name__} "
                 f"from its saved hyperparameters + reference_hparams={c.reference_hparams}; call "
-                "self.save_hyperparameters() in __init__, or pass reference= (a model, 'pkg.mod:factory' "
-                "or a checkpoint)"
+                "self.save_hyperparameters() in __init__, or pass reference= (a model, 'pkg.mod:Class' "
+                "or a weights file)"
             )
         return problems
 

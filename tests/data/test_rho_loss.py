@@ -103,21 +103,56 @@ def test_cache_of_another_dataset_is_refused(tmp_path):
         fit(RhoLoss(cache=str(cache)), steps=1)
 
 
-def test_reference_from_a_lightning_checkpoint_and_from_a_saved_module(tmp_path):
-    trainer, module = fit(RhoLoss(keep=0.5, reference=LabelReference()), steps=1, module=TinyClassifier())
-    ckpt = tmp_path / "ref.ckpt"
-    trainer.save_checkpoint(ckpt)
-    torch.save(module, tmp_path / "ref_module.pt")
-    for spec in (ckpt, tmp_path / "ref_module.pt"):
-        rho = RhoLoss(keep=0.5, reference=str(spec))
+class LabelModule(torch.nn.Module):
+    """A reference named by class path: loss = scale x label (a Module, as class paths require)."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, batch):
+        return batch[1].float() * self.scale
+
+
+def test_reference_from_a_checkpoint_and_from_state_dict_files(tmp_path):
+    from safetensors.torch import save_file
+
+    trainer, module = fit(RhoLoss(keep=0.5, reference=LabelReference()), steps=1, module=TinyClassifier(hidden=8))
+    weights = module.state_dict()
+    trainer.save_checkpoint(tmp_path / "ref.ckpt")
+    torch.save(weights, tmp_path / "ref.pt")
+    save_file(weights, str(tmp_path / "ref.safetensors"))
+    for name in ("ref.ckpt", "ref.pt", "ref.safetensors"):
+        # The checkpoint's own hyperparameters (hidden=8) rebuild it; the state dicts need the
+        # training module's size given (its own hidden=32 would not fit).
+        hparams = None if name == "ref.ckpt" else {"hidden": 8}
+        rho = RhoLoss(keep=0.5, reference=str(tmp_path / name), reference_hparams=hparams)
         fit(rho, steps=2, module=TinyClassifier())
-        assert rho.table.shape == (64,)
+        assert rho.table.shape == (64,), name
+        loaded = rho.reference_object.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in weights.items()), name
 
 
-def test_reference_from_an_import_path():
-    rho = RhoLoss(keep=0.25, reference="data_helpers:label_reference")
+def test_a_state_dict_loads_into_reference_class(tmp_path):
+    torch.save({}, tmp_path / "label.pt")  # LabelModule has no weights: an empty state dict fits
+    rho = RhoLoss(
+        keep=0.25, reference=str(tmp_path / "label.pt"), reference_class="test_rho_loss:LabelModule",
+        reference_hparams={"scale": 100.0},
+    )
     fit(rho, steps=2)
     assert torch.equal(rho.table, InfoBatchData().y.float() * 100)
+
+
+def test_reference_from_a_class_path_built_with_reference_hparams():
+    rho = RhoLoss(keep=0.25, reference="test_rho_loss:LabelModule", reference_hparams={"scale": 100.0})
+    fit(rho, steps=2)
+    assert torch.equal(rho.table, InfoBatchData().y.float() * 100)
+
+
+def test_a_state_dict_that_does_not_fit_names_the_options_to_change(tmp_path):
+    torch.save(TinyClassifier(hidden=8).state_dict(), tmp_path / "small.pt")
+    problems = preflight_problems([RhoLoss(reference=str(tmp_path / "small.pt"))])
+    assert any("does not fit TinyClassifier" in p and "reference_hparams" in p for p in problems), problems
 
 
 def resume_cross_fit():
@@ -171,7 +206,7 @@ def test_preflight_module_that_cannot_be_rebuilt():
 
 
 def test_preflight_reference_that_cannot_be_loaded():
-    problems = preflight_problems([RhoLoss(reference="no_such_module_xyz:factory")])
+    problems = preflight_problems([RhoLoss(reference="no_such_module_xyz:Model")])
     assert any("rho_loss cannot load its reference" in p and "no_such_module_xyz" in p for p in problems)
 
 
