@@ -9,10 +9,40 @@ from importlib import metadata
 import click
 
 from lightning_eff.errors import ConfigError, LightningEffError
-from lightning_eff.registry import get_registry
 
 
-@click.group()
+def get_registry():
+    """The plugin registry, imported on first use: ``--help`` and ``--version`` must not pay for
+    importing the techniques and Lightning."""
+    from lightning_eff.registry import get_registry as load
+
+    return load()
+
+
+class PluginCommandGroup(click.Group):
+    """Built-in commands resolve without touching plugins; the commands plugins add through
+    ``leff_add_cli_commands`` are collected on first need (an unknown command name, or the listing)."""
+
+    plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if not self.plugins_added:
+            self.plugins_added = True
+            _add_plugin_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and not self.plugins_added:
+            self._add_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=PluginCommandGroup)
 @click.version_option(metadata.version("lightning-eff"), prog_name="lightning-eff")
 def cli() -> None:
     """Training-efficiency techniques for PyTorch Lightning."""
@@ -124,7 +154,6 @@ def _add_builtin_commands(group: click.Group) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     _add_builtin_commands(cli)
-    _add_plugin_commands(cli)
     try:
         cli.main(args=argv, prog_name="lightning-eff", standalone_mode=True)
     except LightningEffError as exc:  # errors meant for the user: no traceback

@@ -1,13 +1,19 @@
 """Built-in MoE techniques (plugin module of the `lightning_eff` entry-point group)."""
 
-from lightning_eff import hookimpl
+from lightning_eff.hookspecs import hookimpl
+from lightning_eff.lazy import lazy_exports
 
-from .layer import MoELayer
-from .technique import MoEUpcycling
-
-__all__ = ["MoELayer", "MoEUpcycling"]
+# Imported on first use: discovering this plugin must not import Lightning (see lightning_eff.lazy).
+_EXPORTS = {
+    "MoELayer": ".layer",
+    "MoEUpcycling": ".technique",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 @hookimpl
 def leff_register_techniques(register):
+    from .technique import MoEUpcycling
+
     register(MoEUpcycling)

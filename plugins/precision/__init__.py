@@ -7,18 +7,26 @@
   blockwise 8-bit (:class:`LowPrecisionAdamW`).
 """
 
-from lightning_eff import hookimpl
+from lightning_eff.hookspecs import hookimpl
+from lightning_eff.lazy import lazy_exports
 
-from .float8 import Float8Training
-from .mixed import MixedPrecision
-from .optimizer import LowPrecisionAdamW
-from .optimizer_states import LowPrecisionOptimizerStates
-
-__all__ = ["Float8Training", "LowPrecisionAdamW", "LowPrecisionOptimizerStates", "MixedPrecision"]
+# Imported on first use: discovering this plugin must not import Lightning (see lightning_eff.lazy).
+_EXPORTS = {
+    "Float8Training": ".float8",
+    "MixedPrecision": ".mixed",
+    "LowPrecisionAdamW": ".optimizer",
+    "LowPrecisionOptimizerStates": ".optimizer_states",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 @hookimpl
 def leff_register_techniques(register):
+    from .float8 import Float8Training
+    from .mixed import MixedPrecision
+    from .optimizer_states import LowPrecisionOptimizerStates
+
     register(MixedPrecision)
     register(Float8Training)
     register(LowPrecisionOptimizerStates)
