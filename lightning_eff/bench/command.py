@@ -26,6 +26,11 @@ def parse_budget(text: str) -> int:
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps per run, both arms. Default: the task's.")
 @click.option("--budget", default=None, help="Same as --max-steps, e.g. 300 or 300steps.")
 @click.option(
+    "--epochs", type=click.IntRange(min=1), default=None,
+    help="Budget in epochs instead of steps (max_epochs=N): techniques that shorten epochs (InfoBatch) then save steps. "
+    "Evaluated at each epoch's end, or ceil(evals/epochs) times per epoch. Not with --max-steps/--budget.",
+)
+@click.option(
     "--recipe-steps", type=float, default=1.0, show_default=True,
     help="Recipe arm's steps as a multiple of the baseline's, for techniques that make steps cheaper but learn "
     "less per step (e.g. 2.0). Time to the baseline's quality still decides.",
@@ -42,10 +47,15 @@ def parse_budget(text: str) -> int:
 @click.option("--tolerance", type=float, default=0.0, show_default=True, help="Quality within this of the target counts as reached.")
 @click.option("--logger", type=click.Choice(["none", "csv", "tensorboard", "wandb"]), default="none", show_default=True)
 @click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator (cpu, gpu, auto).")
+@click.option(
+    "--flops", type=click.Choice(["separate", "inline", "off"]), default="separate", show_default=True,
+    help="Count training FLOPs in an untimed second pass of each run (separate), inside the timed runs "
+    "(inline: cheaper, but counting slows them), or not at all.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines or progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout instead of the table.")
 @click.pass_context
-def bench(ctx, recipe, task, repeats, max_steps, budget, recipe_steps, evals, seed, warmup_steps, out, model, data, metric, mode, label_noise, tolerance, logger, accelerator, quiet, as_json):
+def bench(ctx, recipe, task, repeats, max_steps, budget, epochs, recipe_steps, evals, seed, warmup_steps, out, model, data, metric, mode, label_noise, tolerance, logger, accelerator, flops, quiet, as_json):
     """Time-to-quality: train a baseline and RECIPE on the same task and seeds, and compare.
 
     Writes results.json, quality plots and report.html into --out, and prints the table.
@@ -56,6 +66,9 @@ def bench(ctx, recipe, task, repeats, max_steps, budget, recipe_steps, evals, se
     from lightning_eff.bench.harness import run_bench
     from lightning_eff.bench.table import format_table
 
+    if epochs is not None and (max_steps is not None or budget is not None):
+        given = f"--max-steps {max_steps}" if max_steps is not None else f"--budget {budget}"
+        raise click.UsageError(f"--epochs {epochs} and {given} are two budgets: give one")
     if budget is not None:
         steps = parse_budget(budget)
         if max_steps is not None and max_steps != steps:
@@ -70,6 +83,7 @@ def bench(ctx, recipe, task, repeats, max_steps, budget, recipe_steps, evals, se
             label_noise=label_noise, model=model, data=data, metric=metric,
             higher_is_better=None if mode is None else mode == "max", tolerance=tolerance, logger=logger,
             accelerator=accelerator, quiet=quiet or as_json, warmup_steps=warmup_steps, recipe_steps=recipe_steps,
+            epochs=epochs, flops=flops,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None

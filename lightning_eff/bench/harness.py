@@ -14,7 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lightning_eff.bench.checks import schedule_warnings, uncounted_warnings
+from lightning_eff.bench.counting import FLOPS_METHOD, FLOPS_MODES, diverged, merge_counts
 from lightning_eff.bench.environment import describe_environment, reproduce_command
+from lightning_eff.bench.noise import NOISE_METHOD, noise_warnings
 from lightning_eff.bench.runner import FIXED_TRAINER_KEYS, LOGGERS, RunPlan, run_once, with_time_to_quality
 from lightning_eff.bench.schema import BenchResult, Method, RecipeInfo, Run, TaskInfo
 from lightning_eff.bench.summary import compare, summarise
@@ -27,9 +30,13 @@ from lightning_eff.recipe import Recipe, load_recipe
 ORDER = "one short discarded warm-up run per arm, then alternating: baseline first in even repeats, recipe first in odd repeats"
 TIME_TO_QUALITY = (
     "training seconds (validation excluded) at the first evaluation whose validation quality reaches the "
-    "same-seed baseline's final quality; no interpolation between evaluations; the baseline is read the same way"
+    "same-seed baseline's final quality; no interpolation between evaluations; the baseline is read the same way; "
+    "compute-to-quality is the cumulative training FLOPs at that same evaluation"
 )
-SCHEDULE = "each task's own optimizer, identical in both arms; embedded tasks: AdamW, 5% warm-up, cosine decay to 0 at max_steps"
+SCHEDULE = (
+    "each task's own optimizer, identical in both arms; embedded tasks: AdamW, 5% warm-up, cosine decay to 0 "
+    "over trainer.estimated_stepping_batches (max_steps, or max_epochs x batches per epoch)"
+)
 
 
 def resolve_recipe(recipe: str | Path | dict[str, Any] | Recipe) -> Recipe:
@@ -64,6 +71,14 @@ def eval_schedule(max_steps: int, evals: int) -> tuple[int, int]:
     return every, every * math.ceil(max_steps / every)
 
 
+def epoch_evals(epochs: int, evals: int) -> int:
+    """Evaluations per epoch for an epochs budget: at least one (at each epoch's end), more when
+    ``evals`` asks for more than ``epochs`` in total."""
+    if epochs < 1 or evals < 1:
+        raise ConfigError(f"epochs={epochs} and evals={evals} must be at least 1")
+    return max(1, math.ceil(evals / epochs))
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -95,6 +110,8 @@ def run_bench(
     command: str | None = None,
     warmup_steps: int = 5,
     recipe_steps: float = 1.0,
+    epochs: int | None = None,
+    flops: str = "separate",
 ) -> BenchResult:
     """Train the baseline and the recipe ``repeats`` times each and compare time-to-quality.
 
@@ -104,6 +121,11 @@ def run_bench(
     ``recipe_steps``: the recipe arm trains this multiple of the baseline's steps (its own schedule,
     decayed at its own end; same evaluation interval). Above 1 for techniques that make steps cheaper
     but learn less per step: time-to-quality still decides, so more steps are not a free win.
+    ``epochs``: the budget is that many epochs instead of steps (``max_steps`` must then be None), so
+    techniques that shorten epochs (InfoBatch) save steps; evaluated at each epoch's end, or
+    ``ceil(evals / epochs)`` times per epoch.
+    ``flops``: ``separate`` counts training FLOPs in an untimed second pass of each run (timing
+    undistorted), ``inline`` inside the timed runs (cheaper, but slows them), ``off`` not at all.
     """
     bench_task = resolve_task(task, model, data, metric, higher_is_better, label_noise)
     loaded = resolve_recipe(recipe)
@@ -118,6 +140,14 @@ def run_bench(
     repeats = repeats if repeats is not None else bench_task.default_repeats
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be at least 1")
+    if flops not in FLOPS_MODES:
+        raise ConfigError(f"flops='{flops}': choose one of {', '.join(FLOPS_MODES)}")
+    if epochs is not None:
+        if max_steps is not None:
+            raise ConfigError(f"give max_steps ({max_steps}) or epochs ({epochs}), not both: they are two budgets")
+        if recipe_steps != 1.0:
+            raise ConfigError("recipe_steps is a multiple of a steps budget; with epochs both arms train the same epochs")
+        per_epoch = epoch_evals(epochs, evals)
     eval_every, steps = eval_schedule(max_steps or bench_task.default_max_steps, evals)
     if not 0 < recipe_steps <= 100:
         raise ConfigError(f"recipe_steps={recipe_steps} must be in (0, 100]: a multiple of the baseline's {steps} steps")
@@ -140,7 +170,10 @@ def run_bench(
         task=bench_task, recipe=loaded, max_steps=steps, eval_every=eval_every, accelerator=accelerator,
         logger=logger, log_dir=out_dir / "logs" if out_dir else None,
         progress_bar=not quiet and sys.stderr.isatty(),  # a bar piped to a log file is noise
+        count_flops=flops == "inline",
     )
+    if epochs is not None:
+        plan = replace(plan, max_epochs=epochs, evals_per_epoch=per_epoch)
     plans = {"baseline": plan, "recipe": replace(plan, max_steps=recipe_total)}
     if recipe_total != steps:
         warnings.append(
@@ -153,7 +186,7 @@ def run_bench(
         # kernel launches): seconds on CPU. A short discarded run of each arm keeps them out of
         # whichever arm would otherwise run first.
         say(f"warm-up: {warmup_steps} discarded steps of each arm")
-        warm = replace(plan, max_steps=warmup_steps, eval_every=warmup_steps, logger="none", progress_bar=False)
+        warm = replace(plan, max_steps=warmup_steps, eval_every=warmup_steps, max_epochs=None, logger="none", progress_bar=False)
         for arm in ("baseline", "recipe"):
             run_once(warm, arm, -1, seed)
     runs: list[Run] = []
@@ -166,13 +199,22 @@ def run_bench(
             eta = _duration(statistics_mean(durations) * (total - index + 1)) if durations else "after the first run"
             say(
                 f"[{index}/{total}] {bench_task.name}: {arm} ({loaded.name if arm == 'recipe' else 'no techniques'}), "
-                f"repeat {r + 1}/{repeats}, seed {run_seed}, {plans[arm].max_steps} steps | elapsed {_duration(time.perf_counter() - started)}, ETA {eta}"
+                f"repeat {r + 1}/{repeats}, seed {run_seed}, {budget_text(plans[arm])} | elapsed {_duration(time.perf_counter() - started)}, ETA {eta}"
             )
             t0 = time.perf_counter()
             run = run_once(plans[arm], arm, r, run_seed)
+            say(f"        {arm}: {run.train_seconds:.1f}s training, {bench_task.metric} {run.final_quality:.4f}")
+            if flops == "separate":
+                say(f"        {arm}: counting FLOPs in an untimed pass")
+                counted = run_once(replace(plans[arm], count_flops=True, logger="none", progress_bar=False), arm, r, run_seed)
+                if diverged(run, counted):
+                    warnings.append(
+                        f"the FLOP-counting pass of {arm} seed {run_seed} trained differently from the timed run "
+                        "(non-deterministic kernels?): its FLOPs are read at the timed run's evaluation steps"
+                    )
+                run = merge_counts(run, counted)
             durations.append(time.perf_counter() - t0)
             runs.append(run)
-            say(f"        {arm}: {run.train_seconds:.1f}s training, {bench_task.metric} {run.final_quality:.4f}")
 
     higher = bench_task.higher_is_better
     pairs, comparisons = [], []
@@ -185,6 +227,7 @@ def run_bench(
         comparisons.append(compare(b, c))
     runs = [run for pair in pairs for run in pair]  # grouped by repeat; the order they ran in is ORDER
 
+    warnings += noise_warnings(runs) + schedule_warnings(runs) + uncounted_warnings(runs)
     lr_left = [b.final_lr_fraction for b, _ in pairs if b.final_lr_fraction is not None and b.final_lr_fraction > 0.05]
     if lr_left:
         warnings.append(
@@ -199,10 +242,11 @@ def run_bench(
                 "model": model, "data": data, "metric": metric,
                 "mode": None if higher_is_better is None else ("max" if higher_is_better else "min"),
                 "recipe": str(recipe) if isinstance(recipe, (str, Path)) else f"<{loaded.name}: given as a Python object>",
-                "repeats": repeats, "max_steps": steps, "evals": evals, "seed": seed,
+                "repeats": repeats, "max_steps": None if epochs else steps, "epochs": epochs, "evals": evals, "seed": seed,
                 "label_noise": label_noise or None, "tolerance": tolerance or None,
                 "warmup_steps": None if warmup_steps == 5 else warmup_steps, "out": str(out) if out else None,
                 "recipe_steps": None if recipe_total == steps else recipe_steps,
+                "flops": None if flops == "separate" else flops,
             }
         )
     if plan.accelerator != "cpu":
@@ -213,14 +257,19 @@ def run_bench(
         environment=describe_environment(command, device),
         task=TaskInfo(
             name=bench_task.name, description=bench_task.description, metric=bench_task.metric,
-            higher_is_better=higher, max_steps=steps, recipe_max_steps=None if recipe_total == steps else recipe_total,
-            eval_every=eval_every, details=bench_task.details,
+            higher_is_better=higher, budget="epochs" if epochs else "steps", max_steps=None if epochs else steps,
+            max_epochs=epochs, recipe_max_steps=None if recipe_total == steps else recipe_total,
+            eval_every=None if epochs else eval_every, evals_per_epoch=plan.evals_per_epoch if epochs else None,
+            details=bench_task.details,
         ),
         recipe=RecipeInfo(
             name=loaded.name, description=loaded.description, source=loaded.source,
             techniques=[repr(t) for t in loaded.build()], trainer=dict(loaded.trainer),
         ),
-        method=Method(repeats=repeats, seeds=seeds, order=ORDER, time_to_quality=TIME_TO_QUALITY, tolerance=tolerance, schedule=SCHEDULE),
+        method=Method(
+            repeats=repeats, seeds=seeds, order=ORDER, time_to_quality=TIME_TO_QUALITY, tolerance=tolerance, schedule=SCHEDULE,
+            flops=FLOPS_METHOD[flops], noise=NOISE_METHOD,
+        ),
         runs=runs,
         comparisons=comparisons,
         summary=summarise(pairs, comparisons),
@@ -231,6 +280,10 @@ def run_bench(
 
         result = write_report(result, out_dir)
     return result
+
+
+def budget_text(plan: RunPlan) -> str:
+    return f"{plan.max_epochs} epochs" if plan.max_epochs is not None else f"{plan.max_steps} steps"
 
 
 def statistics_mean(values: list[float]) -> float:

@@ -1,7 +1,7 @@
 """Lightning's tqdm bar counting optimizer steps of the whole run, not batches of one epoch.
 
 The bench trains for ``max_steps`` across many short epochs (``max_epochs=-1``), where the stock bar
-restarts every epoch and shows "Epoch 7/-2".
+restarts every epoch and shows "Epoch 7/-2". With an epochs budget the total is Lightning's estimate.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ class StepProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer, *_: Any) -> None:
         bar = self.train_progress_bar
-        if trainer.current_epoch == 0 or bar.total != trainer.max_steps:
-            bar.reset(total=trainer.max_steps)
+        # An epochs budget has max_steps=-1: Lightning's estimate (full epochs) is the best total known.
+        total = trainer.max_steps if trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
+        if trainer.current_epoch == 0 or bar.total != total:
+            bar.reset(total=total)
             bar.initial = 0
         bar.set_description(self.label)
 

@@ -1,9 +1,10 @@
 """Time-to-quality arithmetic: pure functions over recorded evaluation curves.
 
-A curve is a list of evaluation points ``(step, train_seconds, quality)`` in training order.
-``train_seconds`` is training wall time only (validation excluded). Time-to-quality is read at the
-*first evaluation point* whose quality reaches the target: no interpolation between points, so a run
-is never credited with a time at which nobody measured it (resolution: one evaluation interval).
+A curve is a list of evaluation points ``(step, train_seconds, quality, flops)`` in training order.
+``train_seconds`` is training wall time only (validation excluded), ``flops`` the cumulative training
+FLOPs counted up to that evaluation. Time- and compute-to-quality are read at the *first evaluation
+point* whose quality reaches the target: no interpolation between points, so a run is never credited
+with a time (or FLOP count) at which nobody measured it (resolution: one evaluation interval).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class CurvePoint:
     step: int
     train_seconds: float
     quality: float
+    flops: int | None = None
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,16 @@ class Spread:
     min: float
     median: float
     max: float
+    n: int = 1  # values it summarises
+
+
+def compute_to_quality(
+    curve: Sequence[CurvePoint], target: float, higher_is_better: bool, tolerance: float = 0.0
+) -> int | None:
+    """Cumulative training FLOPs at the first evaluation that reaches ``target`` (the time-to-quality
+    rule); ``None``: not reached, or FLOPs were not counted."""
+    hit = first_reaching(curve, target, higher_is_better, tolerance)
+    return hit.flops if hit is not None else None
 
 
 def reaches(quality: float, target: float, higher_is_better: bool, tolerance: float = 0.0) -> bool:
@@ -63,7 +75,14 @@ def spread(values: Sequence[float | None]) -> Spread | None:
     present = [v for v in values if v is not None]
     if not present:
         return None
-    return Spread(min(present), statistics.median(present), max(present))
+    return Spread(min(present), statistics.median(present), max(present), len(present))
+
+
+def compute_verdict(savings: Sequence[float | None]) -> str:
+    """:func:`verdict` for compute-to-quality: ``less compute``, ``more compute``, ``did not reach``,
+    ``mixed (k of K reached)`` (the caller says ``not counted`` when no run counted FLOPs)."""
+    word = verdict(savings)
+    return {"faster": "less compute", "slower": "more compute"}.get(word, word)
 
 
 def verdict(speedups: Sequence[float | None]) -> str:

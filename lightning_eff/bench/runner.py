@@ -12,8 +12,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_eff.bench.flops import FlopMeter
 from lightning_eff.bench.memory import read_peak_mb, reset_peak
 from lightning_eff.bench.model_stats import count_parameters
+from lightning_eff.bench.noise import batch_times
 from lightning_eff.bench.progress import StepProgressBar
 from lightning_eff.bench.quality import first_reaching
 from lightning_eff.bench.schema import Point, Run
@@ -30,7 +32,9 @@ FIXED_TRAINER_KEYS = ("max_steps", "max_epochs", "check_val_every_n_epoch", "num
 
 @dataclass(frozen=True)
 class RunPlan:
-    """Everything both arms share."""
+    """Everything both arms share. Budget: ``max_steps`` (evaluated every ``eval_every`` steps), or,
+    when ``max_epochs`` is set, that many epochs (``max_steps`` ignored) evaluated ``evals_per_epoch``
+    times per epoch."""
 
     task: BenchTask
     recipe: Recipe
@@ -40,6 +44,9 @@ class RunPlan:
     logger: str = "none"
     log_dir: Path | None = None
     progress_bar: bool = True
+    max_epochs: int | None = None
+    evals_per_epoch: int = 1
+    count_flops: bool = True
 
 
 @contextmanager
@@ -84,16 +91,17 @@ def make_logger(kind: str, log_dir: Path | None, task: str, arm: str, repeat: in
 
 
 def trainer_settings(plan: RunPlan, arm: str, techniques: list, logger: Any) -> dict[str, Any]:
+    epochs = plan.max_epochs is not None
     base: dict[str, Any] = {
         "accelerator": plan.accelerator,
         "devices": 1,
-        "max_steps": plan.max_steps,
-        "max_epochs": -1,
-        "check_val_every_n_epoch": None,
+        "max_steps": -1 if epochs else plan.max_steps,
+        "max_epochs": plan.max_epochs if epochs else -1,
+        "check_val_every_n_epoch": 1 if epochs else None,
         "num_sanity_val_steps": -1,  # the full validation set before step 0: the curve's first point
         "limit_val_batches": 1.0,
         "logger": logger,
-        "log_every_n_steps": max(1, min(50, plan.eval_every)),
+        "log_every_n_steps": 50 if epochs else max(1, min(50, plan.eval_every)),
         "enable_checkpointing": False,
         "enable_model_summary": False,
         "enable_progress_bar": plan.progress_bar,
@@ -101,8 +109,10 @@ def trainer_settings(plan: RunPlan, arm: str, techniques: list, logger: Any) -> 
     kwargs = plan.recipe.trainer_kwargs(techniques, base=base) if arm == "recipe" else base
     for fixed in FIXED_TRAINER_KEYS:
         kwargs[fixed] = base[fixed]  # both arms train and evaluate alike (the harness warns if a recipe tried)
-    # val_check_interval counts batches; with gradient accumulation a step is several batches.
-    kwargs["val_check_interval"] = plan.eval_every * int(kwargs.get("accumulate_grad_batches", 1))
+    if epochs:  # a fraction of each epoch, however long the epoch turns out (samplers may shorten it)
+        kwargs["val_check_interval"] = 1.0 / plan.evals_per_epoch
+    else:  # counts batches; with gradient accumulation a step is several batches
+        kwargs["val_check_interval"] = plan.eval_every * int(kwargs.get("accumulate_grad_batches", 1))
     return kwargs
 
 
@@ -113,10 +123,12 @@ def run_once(plan: RunPlan, arm: str, repeat: int, seed: int) -> Run:
     techniques = plan.recipe.build() if arm == "recipe" else []
     logger = make_logger(plan.logger, plan.log_dir, task.name, arm, repeat)
     kwargs = trainer_settings(plan, arm, techniques, logger)
-    clock = RunClock(task.metric, task.count_tokens)
+    meter = [FlopMeter()] if plan.count_flops else []
+    clock = RunClock(task.metric, task.count_tokens, flops=(lambda: meter[0].total) if meter else None)
     bar = [StepProgressBar(f"{arm} seed {seed}")] if plan.progress_bar else []
     with quiet_lightning():
-        trainer = pl.Trainer(**kwargs, callbacks=[clock, *techniques, *bar])
+        # The meter follows the clock and precedes the techniques: their set-up work is counted.
+        trainer = pl.Trainer(**kwargs, callbacks=[clock, *meter, *techniques, *bar])
         memory_kind = reset_peak(trainer.strategy.root_device.type)
         module, data = task.make_module(), task.make_data()
         start = time.perf_counter()
@@ -136,6 +148,8 @@ def run_once(plan: RunPlan, arm: str, repeat: int, seed: int) -> Run:
         repeat=repeat,
         seed=seed,
         steps=trainer.global_step,
+        epochs=trainer.current_epoch,
+        estimated_steps=clock.estimated_steps,
         train_seconds=train_seconds,
         wall_seconds=wall,
         samples=clock.samples,
@@ -155,9 +169,16 @@ def run_once(plan: RunPlan, arm: str, repeat: int, seed: int) -> Run:
         frozen_fraction=counts.frozen_fraction,
         final_lr_fraction=clock.final_lr_fraction,
         efficiency_metrics={k: float(v) for k, v in (summary.get("metrics") or {}).items()},
+        flops=meter[0].counter.total if meter else None,
+        forward_flops=meter[0].counter.forward if meter else None,
+        backward_flops=meter[0].counter.backward if meter else None,
+        setup_flops=(meter[0].setup_flops or 0) if meter else None,
+        uncounted_ops=sorted(meter[0].counter.unknown_ops) if meter else [],
+        flops_to_quality=None,
+        batch_times=batch_times(clock.batch_seconds),
         technique_seconds={row["technique"]: float(row["seconds"]) for row in summary["techniques"]},
         savings={row["technique"]: {k: float(v) for k, v in row["savings"].items()} for row in summary["techniques"]},
-        curve=[Point(step=p.step, train_seconds=p.train_seconds, quality=p.quality) for p in clock.curve],
+        curve=[Point(step=p.step, train_seconds=p.train_seconds, quality=p.quality, flops=p.flops) for p in clock.curve],
     )
     return run
 
@@ -165,6 +186,10 @@ def run_once(plan: RunPlan, arm: str, repeat: int, seed: int) -> Run:
 def with_time_to_quality(run: Run, target: float, higher_is_better: bool, tolerance: float) -> Run:
     from lightning_eff.bench.quality import CurvePoint
 
-    curve = [CurvePoint(p.step, p.train_seconds, p.quality) for p in run.curve]
+    curve = [CurvePoint(p.step, p.train_seconds, p.quality, p.flops) for p in run.curve]
     hit = first_reaching(curve, target, higher_is_better, tolerance)
-    return run.model_copy(update={"time_to_quality": hit.train_seconds if hit else None, "step_to_quality": hit.step if hit else None})
+    return run.model_copy(update={
+        "time_to_quality": hit.train_seconds if hit else None,
+        "step_to_quality": hit.step if hit else None,
+        "flops_to_quality": hit.flops if hit else None,  # same point: compute to quality
+    })

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: training FLOPs and compute-to-quality, per-batch time dispersion, epoch budgets
 
 
 class _Strict(BaseModel):
@@ -20,11 +20,20 @@ class Point(_Strict):
     step: int = Field(description="optimizer steps done when this evaluation ran")
     train_seconds: float = Field(description="training wall time up to this evaluation, validation excluded")
     quality: float
+    flops: int | None = Field(None, description="cumulative training FLOPs up to this evaluation; null: not counted")
 
 
 class Spread(_Strict):
     min: float
     median: float
+    max: float
+    n: int = Field(description="number of values summarised (repeats that have the quantity)")
+
+
+class BatchTimes(_Strict):
+    batches: int = Field(description="training batches timed (the first after each validation included)")
+    median: float = Field(description="median seconds per batch, batch end to batch end, validation excluded")
+    p90: float
     max: float
 
 
@@ -46,11 +55,14 @@ class TaskInfo(_Strict):
     description: str
     metric: str = Field(description="logged validation key that is 'quality'")
     higher_is_better: bool
-    max_steps: int
+    budget: Literal["steps", "epochs"] = Field(description="what bounds each run: max_steps or max_epochs")
+    max_steps: int | None = Field(description="optimizer steps per run (steps budget); null with an epochs budget")
+    max_epochs: int | None = Field(None, description="epochs per run (epochs budget); null with a steps budget")
     recipe_max_steps: int | None = Field(
         None, description="the recipe arm's steps when it differs from max_steps (--recipe-steps), else null"
     )
-    eval_every: int = Field(description="optimizer steps between evaluations")
+    eval_every: int | None = Field(description="optimizer steps between evaluations; null with an epochs budget")
+    evals_per_epoch: int | None = Field(None, description="evaluations per epoch (epochs budget), else null")
     details: dict[str, str | int | float | bool | None] = {}
 
 
@@ -69,6 +81,8 @@ class Method(_Strict):
     time_to_quality: str = Field(description="how time-to-quality is read from a curve")
     tolerance: float = Field(description="quality within this of the target counts as reaching it")
     schedule: str = Field(description="optimizer and learning-rate schedule shared by both arms")
+    flops: str = Field(description="how training FLOPs are counted, and what counting costs in time")
+    noise: str = Field(description="when a run's timing is flagged as noisy")
 
 
 class Run(_Strict):
@@ -76,6 +90,10 @@ class Run(_Strict):
     repeat: int
     seed: int
     steps: int
+    epochs: int = Field(description="trainer.current_epoch at the end: epochs completed")
+    estimated_steps: int | None = Field(
+        description="Lightning's estimated_stepping_batches, which the embedded tasks' schedules decay over"
+    )
     train_seconds: float = Field(description="training wall time, validation excluded")
     wall_seconds: float = Field(description="whole fit including validation and set-up")
     samples: int
@@ -95,6 +113,13 @@ class Run(_Strict):
     frozen_fraction: float = Field(description="fraction of parameters without requires_grad at the end")
     final_lr_fraction: float | None = Field(description="last step's learning rate over the peak")
     efficiency_metrics: dict[str, float] = Field(description="the techniques' last metrics (efficiency/<technique>/<key>)")
+    flops: int | None = Field(description="training FLOPs counted (forward + backward); null: not counted")
+    forward_flops: int | None = Field(description="outside autograd's backward: forwards, including no-grad scoring forwards")
+    backward_flops: int | None = Field(description="run by autograd's backward")
+    setup_flops: int | None = Field(description="part of flops counted before the first training batch (technique set-up)")
+    uncounted_ops: list[str] = Field(description="custom ops executed that have no FLOP formula (counted as 0)")
+    flops_to_quality: int | None = Field(description="cumulative training FLOPs to reach the target; null: not reached or not counted")
+    batch_times: BatchTimes | None = Field(description="per-batch wall time dispersion; null: no batch timed")
     technique_seconds: dict[str, float] = Field(description="time spent inside each technique's hooks")
     savings: dict[str, dict[str, float]] = Field(description="what each technique claims it saved")
     curve: list[Point]
@@ -107,6 +132,9 @@ class Comparison(_Strict):
     baseline_time_to_quality: float | None
     recipe_time_to_quality: float | None
     speedup: float | None = Field(description="baseline / recipe time-to-quality; null: did not reach")
+    baseline_flops_to_quality: int | None
+    recipe_flops_to_quality: int | None
+    compute_saving: float | None = Field(description="baseline / recipe FLOPs-to-quality; null: did not reach or not counted")
     reached: bool
     quality_delta: float = Field(description="recipe final quality - baseline final quality")
 
@@ -116,13 +144,15 @@ class Summary(_Strict):
     reached: int
     repeats: int
     speedup: Spread | None
+    compute_verdict: str = Field(description="less compute, more compute, did not reach, mixed (k of K reached), or not counted")
+    compute_saving: Spread | None = Field(description="baseline / recipe FLOPs-to-quality over repeats")
     ratios: dict[str, Spread | None] = Field(description="recipe / baseline per repeat, by quantity")
     baseline: dict[str, float | None] = Field(description="median over repeats, by quantity")
     recipe: dict[str, float | None] = Field(description="median over repeats, by quantity")
 
 
 class BenchResult(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     environment: Environment
     task: TaskInfo
     recipe: RecipeInfo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 
-from lightning_eff.bench.quality import ratio, speedup, spread, verdict
+from lightning_eff.bench.quality import compute_verdict, ratio, speedup, spread, verdict
 from lightning_eff.bench.schema import Comparison, Run, Spread, Summary
 
 # Quantities compared recipe / baseline, in table order. Efficiency metrics of techniques (samples
@@ -14,6 +14,10 @@ QUANTITIES: dict[str, Callable[[Run], float | None]] = {
     "wall_seconds": lambda r: r.wall_seconds,
     "train_seconds": lambda r: r.train_seconds,
     "time_to_quality": lambda r: r.time_to_quality,
+    "flops_to_quality": lambda r: None if r.flops_to_quality is None else float(r.flops_to_quality),
+    "flops": lambda r: None if r.flops is None else float(r.flops),
+    "forward_flops": lambda r: None if r.forward_flops is None else float(r.forward_flops),
+    "backward_flops": lambda r: None if r.backward_flops is None else float(r.backward_flops),
     "final_quality": lambda r: r.final_quality,
     "samples_per_second": lambda r: r.samples_per_second,
     "tokens_per_second": lambda r: r.tokens_per_second,
@@ -47,6 +51,9 @@ def compare(baseline: Run, recipe: Run) -> Comparison:
         baseline_time_to_quality=baseline.time_to_quality,
         recipe_time_to_quality=recipe.time_to_quality,
         speedup=speedup(baseline.time_to_quality, recipe.time_to_quality),
+        baseline_flops_to_quality=baseline.flops_to_quality,
+        recipe_flops_to_quality=recipe.flops_to_quality,
+        compute_saving=speedup(baseline.flops_to_quality, recipe.flops_to_quality),
         reached=reached,
         quality_delta=recipe.final_quality - baseline.final_quality,
     )
@@ -58,7 +65,7 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def _as_model(s) -> Spread | None:
-    return Spread(min=s.min, median=s.median, max=s.max) if s is not None else None
+    return Spread(min=s.min, median=s.median, max=s.max, n=s.n) if s is not None else None
 
 
 def summarise(pairs: list[tuple[Run, Run]], comparisons: list[Comparison]) -> Summary:
@@ -66,14 +73,18 @@ def summarise(pairs: list[tuple[Run, Run]], comparisons: list[Comparison]) -> Su
     ratios = {
         name: _as_model(spread([ratio(quantity(r, name), quantity(b, name)) for b, r in pairs]))
         for name in names
-        if name not in ("time_to_quality", "final_quality", "sparsity", "frozen_fraction", *TECHNIQUE_METRICS)
+        if name not in ("time_to_quality", "flops_to_quality", "final_quality", "sparsity", "frozen_fraction", *TECHNIQUE_METRICS)
     }
     speedups = [c.speedup for c in comparisons]
+    savings = [c.compute_saving for c in comparisons]
+    counted = any(r.flops is not None for pair in pairs for r in pair)
     return Summary(
         verdict=verdict(speedups),
         reached=sum(c.reached for c in comparisons),
         repeats=len(comparisons),
         speedup=_as_model(spread(speedups)),
+        compute_verdict=compute_verdict(savings) if counted else "not counted",
+        compute_saving=_as_model(spread(savings)),
         ratios=ratios,
         baseline={name: _median([quantity(b, name) for b, _ in pairs]) for name in names},
         recipe={name: _median([quantity(r, name) for _, r in pairs]) for name in names},

@@ -33,17 +33,33 @@ def fmt(value: float | None, kind: str) -> str:
         return f"{value:.4f}"
     if kind == "fraction":
         return f"{value:.3f}"
+    if kind == "flops":
+        return fmt_flops(value)
     return f"{value:.1f}"
 
 
-def fmt_spread(spread: Spread | None, suffix: str = "") -> str:
+def fmt_flops(value: float) -> str:
+    """Three significant digits and an SI prefix: ``5.14G``."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
+def fmt_spread(spread: Spread | None, suffix: str = "", digits: int = 2) -> str:
+    """``min / median / max``; a single value once, as ``1.23x (1 run)``."""
     if spread is None:
         return "-"
-    return f"{spread.min:.2f}{suffix} / {spread.median:.2f}{suffix} / {spread.max:.2f}{suffix}"
+    if spread.n == 1:
+        return f"{spread.median:.{digits}f}{suffix} (1 run)"
+    return " / ".join(f"{v:.{digits}f}{suffix}" for v in (spread.min, spread.median, spread.max))
 
 
 # (label, summary key, kind, show a recipe/baseline ratio)
 ROWS = (
+    ("training compute (FLOP)", "flops", "flops", True),
+    ("  forward", "forward_flops", "flops", True),
+    ("  backward", "backward_flops", "flops", True),
     ("wall time (s)", "wall_seconds", "seconds", True),
     ("training time (s)", "train_seconds", "seconds", True),
     ("throughput (samples/s)", "samples_per_second", "rate", True),
@@ -56,7 +72,7 @@ ROWS = (
     ("samples skipped", "samples_skipped", "int", False),
     ("experts", "experts", "int", False),
 )
-OPTIONAL = {"tokens_per_second", "samples_skipped", "experts"}  # shown only when measured
+OPTIONAL = {"tokens_per_second", "samples_skipped", "experts", "flops", "forward_flops", "backward_flops"}  # shown only when measured
 
 
 def time_to_quality_row(result: BenchResult) -> Row:
@@ -72,17 +88,43 @@ def time_to_quality_row(result: BenchResult) -> Row:
     return Row("time to quality (s)", fmt(s.baseline["time_to_quality"], "seconds"), recipe, ratio)
 
 
+def compute_to_quality_row(result: BenchResult) -> Row | None:
+    """FLOPs at the same evaluation as time to quality; the ratio column is baseline / recipe."""
+    s = result.summary
+    if s.compute_verdict == "not counted":
+        return None
+    if s.reached == 0:
+        recipe, ratio = DID_NOT_REACH, DID_NOT_REACH
+    else:
+        recipe = fmt(s.recipe["flops_to_quality"], "flops")
+        ratio = "saving " + fmt_spread(s.compute_saving, "x")
+        if s.reached < s.repeats:
+            recipe += f" ({s.reached}/{s.repeats} reached)"
+            ratio += f" ({s.repeats - s.reached} did not reach)"
+    return Row("compute to quality (FLOP)", fmt(s.baseline["flops_to_quality"], "flops"), recipe, ratio)
+
+
+def delta_text(values: list[float]) -> str:
+    d = spread(values)
+    if d is None:
+        return "-"
+    if d.n == 1:
+        return f"delta {d.median:+.4f} (1 run)"
+    return "delta " + " / ".join(f"{v:+.4f}" for v in (d.min, d.median, d.max))
+
+
 def table_rows(result: BenchResult) -> list[Row]:
     s = result.summary
     label = result.task.metric.split("/")[-1]
-    delta = spread([c.quality_delta for c in result.comparisons])
+    compute = compute_to_quality_row(result)
     rows = [
         time_to_quality_row(result),
+        *([compute] if compute else []),
         Row(
             f"final {label} ({'higher' if result.task.higher_is_better else 'lower'} is better)",
             fmt(s.baseline["final_quality"], "quality"),
             fmt(s.recipe["final_quality"], "quality"),
-            "delta " + " / ".join(f"{v:+.4f}" for v in (delta.min, delta.median, delta.max)) if delta else "-",
+            delta_text([c.quality_delta for c in result.comparisons]),
         ),
     ]
     for text, key, kind, with_ratio in ROWS:
@@ -101,14 +143,27 @@ def verdict_line(result: BenchResult) -> str:
         return f"verdict: did not reach: the recipe never reached the baseline's final {metric} ({target}, median) in {s.repeats} repeat(s)"
     if s.reached < s.repeats:
         return f"verdict: {s.verdict}: no speed-up is claimed while a repeat misses the baseline's {metric} ({target}, median)"
-    return (
+    line = (
         f"verdict: {s.verdict}: reached the baseline's final {metric} in {s.reached}/{s.repeats} repeats; "
-        f"speed-up (baseline / recipe time-to-quality) min / median / max = {fmt_spread(s.speedup, 'x')}"
+        f"speed-up (baseline / recipe time-to-quality) {_spread_label(s.speedup)} = {fmt_spread(s.speedup, 'x')}"
+    )
+    if s.compute_verdict == "not counted":
+        return line + "; compute not counted"
+    return (
+        f"{line}; compute: {s.compute_verdict}, saving (baseline / recipe FLOPs-to-quality) "
+        f"{_spread_label(s.compute_saving)} = {fmt_spread(s.compute_saving, 'x')}"
     )
 
 
+def _spread_label(spread: Spread | None) -> str:
+    return "min / median / max" if spread is None or spread.n > 1 else "of the one repeat"
+
+
 def steps_label(task) -> str:
-    """``300 steps``, or ``300 steps (recipe 600)`` when the arms trained different step counts."""
+    """The budget: ``300 steps``, ``300 steps (recipe 600)`` when the arms trained different step
+    counts, or ``3 epochs``."""
+    if task.budget == "epochs":
+        return f"{task.max_epochs} epochs"
     extra = f" (recipe {task.recipe_max_steps})" if task.recipe_max_steps else ""
     return f"{task.max_steps} steps{extra}"
 

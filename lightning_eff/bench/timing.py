@@ -1,5 +1,6 @@
 """The callback that measures one run: training wall time without validation, quality at each
-evaluation, samples and tokens seen, and the learning rate actually used.
+evaluation, samples and tokens seen, the learning rate actually used, and each batch's wall time
+(for the dispersion check; no device sync, so on CUDA a batch's time is when the host got past it).
 
 Placed first in ``Trainer(callbacks=...)`` so its ``setup`` starts the clock before the techniques'
 model surgery: a technique's set-up cost is part of its training time.
@@ -25,8 +26,14 @@ class MetricMissingError(LightningEffError):
 
 
 class RunClock(Callback):
-    def __init__(self, metric: str, count_tokens: Callable[[Any], int] | None = None) -> None:
-        self.metric, self.count_tokens = metric, count_tokens
+    def __init__(
+        self, metric: str, count_tokens: Callable[[Any], int] | None = None, flops: Callable[[], int] | None = None
+    ) -> None:
+        """``flops``: cumulative training FLOPs so far (a :class:`FlopMeter`'s total), stamped on each point."""
+        self.metric, self.count_tokens, self.flops = metric, count_tokens, flops
+        self.batch_seconds: list[float] = []
+        self.estimated_steps: int | None = None
+        self._last_batch_end: float | None = None
         self.curve: list[CurvePoint] = []
         self.samples = 0
         self.tokens = 0 if count_tokens is not None else None
@@ -68,7 +75,8 @@ class RunClock(Callback):
                 f"the validation metric '{self.metric}' was not logged (logged: {logged}); "
                 f"log it in validation_step with self.log('{self.metric}', ...) or pass --metric with one of those keys"
             )
-        point = CurvePoint(step=trainer.global_step, train_seconds=seconds, quality=float(value))
+        flops = 0 if trainer.sanity_checking or self.flops is None else self.flops()
+        point = CurvePoint(step=trainer.global_step, train_seconds=seconds, quality=float(value), flops=None if self.flops is None else flops)
         if self.curve and self.curve[-1].step == point.step:
             self.curve[-1] = point  # an evaluation repeated at the same step (end of epoch) replaces it
         else:
@@ -76,6 +84,12 @@ class RunClock(Callback):
         if self._paused_at is not None:
             self._validation_seconds += self._now() - self._paused_at
             self._paused_at = None
+        self._last_batch_end = time.perf_counter()  # the next batch's time excludes this validation
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # What the schedules were built for (Lightning derives it from max_steps or max_epochs).
+        estimate = trainer.estimated_stepping_batches
+        self.estimated_steps = int(estimate) if estimate != float("inf") else None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if trainer.optimizers:
@@ -84,6 +98,10 @@ class RunClock(Callback):
             self.last_lr = lr
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            self.batch_seconds.append(now - self._last_batch_end)
+        self._last_batch_end = now
         self.samples += batch_size_of(batch)
         if self.count_tokens is not None:
             self.tokens += int(self.count_tokens(batch))

@@ -33,7 +33,7 @@ def cli_bench(tmp_path_factory):
 
 def test_report_files_exist(cli_bench):
     out, _ = cli_bench
-    for name in ("results.json", "results.schema.json", "quality_vs_time.png", "quality_vs_step.png", "report.html"):
+    for name in ("results.json", "results.schema.json", "quality_vs_time.png", "quality_vs_flops.png", "quality_vs_step.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
 
 
@@ -53,14 +53,15 @@ def test_json_holds_the_numbers_the_table_printed(cli_bench):
     assert f"{result.summary.baseline['wall_seconds']:.2f}" in wall_line
     assert f"{result.summary.recipe['wall_seconds']:.2f}" in wall_line
     ratio = result.summary.ratios["wall_seconds"]
-    assert f"{ratio.min:.2f} / {ratio.median:.2f} / {ratio.max:.2f}" in wall_line
+    assert ratio.n == 1 and f"{ratio.median:.2f} (1 run)" in wall_line  # one repeat: its value once, not x / x / x
+    assert " / " not in wall_line
 
 
 def test_report_html_is_self_contained_and_shows_the_table(cli_bench):
     out, _ = cli_bench
     html = (out / "report.html").read_text()
     result = load_result(out / "results.json")
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3  # quality vs time, FLOPs, steps
     assert not re.search(r'src="(?!data:)', html)  # nothing fetched from elsewhere
     assert f"{result.summary.baseline['train_seconds']:.2f}" in html
     assert result.environment.command in html
