@@ -136,19 +136,23 @@ def table_rows(result: BenchResult) -> list[Row]:
 
 
 def verdict_line(result: BenchResult) -> str:
+    """Time first, then compute (read at the same evaluations, so reached in the same repeats)."""
     s = result.summary
     metric = result.task.metric.split("/")[-1]
     target = fmt(s.baseline["final_quality"], "quality")
     if s.reached == 0:
-        return f"verdict: did not reach: the recipe never reached the baseline's final {metric} ({target}, median) in {s.repeats} repeat(s)"
-    if s.reached < s.repeats:
-        return f"verdict: {s.verdict}: no speed-up is claimed while a repeat misses the baseline's {metric} ({target}, median)"
-    line = (
-        f"verdict: {s.verdict}: reached the baseline's final {metric} in {s.reached}/{s.repeats} repeats; "
-        f"speed-up (baseline / recipe time-to-quality) {_spread_label(s.speedup)} = {fmt_spread(s.speedup, 'x')}"
-    )
+        line = f"verdict: did not reach: the recipe never reached the baseline's final {metric} ({target}, median) in {s.repeats} repeat(s)"
+    elif s.reached < s.repeats:
+        line = f"verdict: {s.verdict}: no speed-up is claimed while a repeat misses the baseline's {metric} ({target}, median)"
+    else:
+        line = (
+            f"verdict: {s.verdict}: reached the baseline's final {metric} in {s.reached}/{s.repeats} repeats; "
+            f"speed-up (baseline / recipe time-to-quality) {_spread_label(s.speedup)} = {fmt_spread(s.speedup, 'x')}"
+        )
     if s.compute_verdict == "not counted":
         return line + "; compute not counted"
+    if s.reached < s.repeats:
+        return f"{line}; compute: {s.compute_verdict}"
     return (
         f"{line}; compute: {s.compute_verdict}, saving (baseline / recipe FLOPs-to-quality) "
         f"{_spread_label(s.compute_saving)} = {fmt_spread(s.compute_saving, 'x')}"

@@ -1,0 +1,189 @@
+"""Training FLOPs: the counter's forward/backward split, the custom-op formulas, and the bench's
+counts (every step, validation excluded, deterministic, the same in a separate or inline pass)."""
+
+import pytest
+import torch
+import yaml
+from bench_techniques import EMPTY, KEEP_HALF
+from click.testing import CliRunner
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_eff.bench import load_result, run_bench
+from lightning_eff.bench.command import bench
+from lightning_eff.bench.flops import SplitFlopCounter
+from lightning_eff.bench.quality import CurvePoint, compute_to_quality
+from lightning_eff.bench.tasks import get_task
+
+N, IN, HID, OUT = 8, 32, 64, 10
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(IN, HID), nn.ReLU(), nn.Linear(HID, OUT))
+
+
+def test_forward_and_backward_are_split_and_no_grad_forwards_count_as_forward():
+    model, x = mlp(), torch.randn(N, IN)
+    counter = SplitFlopCounter()
+    with counter:
+        model(x).sum().backward()
+        with torch.no_grad():  # a data selector's scoring forward
+            model(x)
+    forward = 2 * N * (IN * HID + HID * OUT)
+    assert counter.forward == 2 * forward
+    # The input needs no gradient: layer 1 computes only its weight gradient, layer 2 both.
+    assert counter.backward == 2 * N * IN * HID + 2 * (2 * N * HID * OUT)
+    reference = FlopCounterMode(display=False)
+    with reference:
+        model(x).sum().backward()
+    assert counter.total - forward == reference.get_total_flops()
+
+
+def test_a_frozen_layer_skips_its_weight_gradient_and_it_is_not_counted():
+    model, x = mlp(), torch.randn(N, IN)
+    model[0].requires_grad_(False)
+    counter = SplitFlopCounter()
+    with counter:
+        model(x).sum().backward()
+    assert counter.backward == 2 * (2 * N * HID * OUT) - 2 * N * HID * OUT  # layer 2's weight grad only
+
+
+def test_counts_accumulate_across_with_blocks():
+    model, x = mlp(), torch.randn(N, IN)
+    counter = SplitFlopCounter()
+    for _ in range(3):
+        with counter:
+            model(x)
+        model(x)  # outside: not counted
+    assert counter.forward == 3 * 2 * N * (IN * HID + HID * OUT)
+
+
+def _count(fn, *args):
+    mode = FlopCounterMode(display=False)
+    with mode:
+        fn(*args)
+    return mode.get_total_flops()
+
+
+def test_grouped_moe_op_counts_what_its_reference_implementation_executes():
+    kernels = pytest.importorskip("lightning_eff.kernels")
+    from lightning_eff.kernels.grouped_gemm import (
+        grouped_swiglu_backward_reference,
+        grouped_swiglu_forward_reference,
+    )
+
+    torch.manual_seed(0)
+    tokens, hidden, ff, experts, top_k = 12, 8, 16, 4, 2
+    x = torch.randn(tokens, hidden, requires_grad=True)
+    w_gate, w_up = (torch.randn(experts, ff, hidden, requires_grad=True) for _ in range(2))
+    w_down = torch.randn(experts, hidden, ff, requires_grad=True)
+    routing = kernels.moe_topk_routing(torch.randn(tokens, experts), top_k)
+    counter = SplitFlopCounter()
+    with counter:
+        out = kernels.moe_grouped_swiglu(x, w_gate, w_up, w_down, routing.weights, routing.offsets, routing.permutation)
+        out.sum().backward()
+    args = (x.detach(), w_gate.detach(), w_up.detach(), w_down.detach(), routing.weights, routing.offsets, routing.permutation)
+    forward = _count(grouped_swiglu_forward_reference, *args)
+    assert counter.forward == forward == 3 * 2 * tokens * top_k * hidden * ff
+    _, gate, up = grouped_swiglu_forward_reference(*args)
+    assert counter.backward == _count(grouped_swiglu_backward_reference, torch.ones(tokens, hidden), *args, gate, up)
+    assert not counter.unknown_ops
+
+
+def test_fused_linear_cross_entropy_counts_its_chunked_gemms_and_the_recompute():
+    kernels = pytest.importorskip("lightning_eff.kernels")
+    tokens, hidden, vocab = 16, 8, 32
+    h = torch.randn(tokens, hidden, requires_grad=True)
+    w = torch.randn(vocab, hidden, requires_grad=True)
+    counter = SplitFlopCounter()
+    with counter:
+        kernels.fused_linear_cross_entropy(h, w, torch.randint(0, vocab, (tokens,)), chunk_size=4).sum().backward()
+    gemm = 2 * tokens * hidden * vocab
+    assert counter.forward == gemm
+    assert counter.backward == 3 * gemm  # logits again, then grad of hidden and of weight
+    assert not counter.unknown_ops
+
+
+def test_compute_to_quality_reads_the_same_point_as_time_to_quality():
+    curve = [CurvePoint(0, 0.0, 0.1, 0), CurvePoint(10, 1.0, 0.5, 100), CurvePoint(20, 2.0, 0.9, 200)]
+    assert compute_to_quality(curve, 0.7, higher_is_better=True) == 200
+    assert compute_to_quality(curve, 0.95, higher_is_better=True) is None
+    assert compute_to_quality([CurvePoint(0, 0.0, 0.9)], 0.5, higher_is_better=True) is None  # not counted
+
+
+def one_vision_step_flops() -> tuple[int, int]:
+    """Forward and backward FLOPs of one training step of the vision task, counted by hand here."""
+    module = get_task("vision").make_module()
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    counter = SplitFlopCounter()
+    with counter:
+        module.per_sample_loss((x, y)).mean().backward()
+    return counter.forward, counter.backward
+
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def twice(tmp_path_factory):
+    """The same tiny bench command run twice (FLOPs in the default separate pass) and once inline."""
+    folder = tmp_path_factory.mktemp("flops")
+    recipe = folder / "keep_half.yaml"
+    recipe.write_text(yaml.safe_dump(KEEP_HALF))
+    args = ["--recipe", str(recipe), "--repeats", "1", "--max-steps", str(STEPS), "--evals", "2", "--warmup-steps", "0", "-q"]
+    results = []
+    for name, extra in (("a", []), ("b", []), ("inline", ["--flops", "inline"])):
+        out = CliRunner().invoke(bench, [*args, *extra, "--out", str(folder / name)])
+        assert out.exit_code == 0, out.output
+        results.append(load_result(folder / name / "results.json"))
+    return results
+
+
+def counts(result):
+    return [(r.arm, r.flops, r.forward_flops, r.backward_flops, [p.flops for p in r.curve]) for r in result.runs]
+
+
+def test_same_command_and_seed_give_identical_flop_counts(twice):
+    a, b, inline = twice
+    assert counts(a) == counts(b)
+    assert counts(a) == counts(inline)  # the separate pass counts exactly what the timed run executed
+    assert a.summary.compute_saving == b.summary.compute_saving
+
+
+def test_every_training_step_is_counted_and_validation_is_not(twice):
+    result = twice[0]
+    forward, backward = one_vision_step_flops()
+    baseline = next(r for r in result.runs if r.arm == "baseline")
+    assert baseline.forward_flops == STEPS * forward and baseline.backward_flops == STEPS * backward
+    # Evaluations at steps 0, 3, 6: the sanity-check validation counts nothing, each point grows by
+    # its training steps only (the optimizer update is elementwise: 0 FLOPs).
+    assert [(p.step, p.flops) for p in baseline.curve] == [(s, s * (forward + backward)) for s in (0, 3, 6)]
+
+
+def test_a_recipe_that_trains_on_half_of_each_batch_does_half_the_work(twice):
+    result = twice[0]
+    base, rec = (next(r for r in result.runs if r.arm == arm) for arm in ("baseline", "recipe"))
+    assert rec.forward_flops * 2 == base.forward_flops and rec.backward_flops * 2 == base.backward_flops
+    assert result.summary.ratios["flops"].median == 0.5
+
+
+def test_table_html_and_method_report_compute(twice):
+    result = twice[0]
+    from lightning_eff.bench import format_table
+
+    table = format_table(result)
+    assert "compute to quality (FLOP)" in table and "training compute (FLOP)" in table
+    verdict = next(line for line in table.splitlines() if line.startswith("verdict"))
+    assert f"compute: {result.summary.compute_verdict}" in verdict
+    assert "separate, untimed pass" in result.method.flops and "1.1x" in result.method.flops
+
+
+def test_flops_off_counts_nothing_and_says_so():
+    result = run_bench("vision", EMPTY, repeats=1, max_steps=2, evals=1, warmup_steps=0, quiet=True, flops="off")
+    assert all(r.flops is None and all(p.flops is None for p in r.curve) for r in result.runs)
+    assert result.summary.compute_verdict == "not counted"
+    from lightning_eff.bench import format_table
+
+    assert "compute not counted" in format_table(result) and "compute to quality" not in format_table(result)
+    assert result.method.flops == "not counted (--flops off)"
