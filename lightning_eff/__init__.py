@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from lightning_eff.quiet import silence_known_noise
+
 __version__ = "0.1.0"
+
+silence_known_noise()
 
 _PUBLIC = {
     "ConfigError": "lightning_eff.errors",
@@ -24,7 +28,18 @@ _PUBLIC = {
     "TechniqueConfig": "lightning_eff.technique",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "ConfigError",
+    "EfficiencyHub",
+    "EfficientModule",
+    "LightningEffError",
+    "MissingDependencyError",
+    "PreflightError",
+    "Technique",
+    "TechniqueConfig",
+    "hookimpl",
+    "index_batch",
+]
 
 if TYPE_CHECKING:
     from lightning_eff.errors import ConfigError, LightningEffError, MissingDependencyError, PreflightError

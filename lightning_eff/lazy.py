@@ -24,6 +24,6 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         return value
 
     def __dir__() -> list[str]:
-        return sorted([*vars(importlib.import_module(package)), *exports])
+        return sorted({*vars(importlib.import_module(package)), *exports})
 
     return __getattr__, __dir__

@@ -9,6 +9,8 @@ The module should mix in ``lightning_eff.EfficientModule`` for data techniques, 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import lightning.pytorch as pl
 
@@ -24,10 +26,14 @@ def import_object(path: str, option: str, kind: type) -> type:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise ConfigError(f"{option} {path!r} is not an import path; write it as {example}")
+    _import_from_working_directory()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"{option} {path!r}: cannot import module '{module_name}' ({exc}); write {example}") from None
+        raise ConfigError(
+            f"{option} {path!r}: cannot import module '{module_name}' ({exc}) from the working directory "
+            f"{os.getcwd()} or the installed packages; write {example}"
+        ) from None
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -35,6 +41,15 @@ def import_object(path: str, option: str, kind: type) -> type:
     if not (isinstance(obj, type) and issubclass(obj, kind)):
         raise ConfigError(f"{option} {path!r} is not a {kind.__module__.split('.')[0]} {kind.__name__} subclass")
     return obj
+
+
+def _import_from_working_directory() -> None:
+    """``--model cli_app:Net`` names a module in the current directory, as ``python -m`` would find it.
+    The console script does not put the working directory on ``sys.path``; it goes last, so a file
+    there never shadows an installed distribution."""
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or ".") == here for entry in sys.path):
+        sys.path.append(here)
 
 
 def user_task(model: str, data: str, metric: str = "val/loss", higher_is_better: bool = False, max_steps: int = 200) -> BenchTask:
