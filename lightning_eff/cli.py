@@ -49,21 +49,7 @@ def cli() -> None:
 
 
 def _plugins_report() -> dict:
-    registry = get_registry()
-    return {
-        "plugins": [
-            {
-                "name": info.name,
-                "module": info.module,
-                "distribution": info.distribution,
-                "version": info.version,
-                "techniques": sorted(info.techniques),
-                "kernels": sorted(info.kernels),
-            }
-            for info in sorted(registry.plugins.values(), key=lambda i: i.name)
-        ],
-        "errors": [{"plugin": e.plugin, "message": e.message} for e in registry.errors],
-    }
+    return get_registry().report()
 
 
 @cli.command()
@@ -76,11 +62,14 @@ def plugins(as_json: bool) -> None:
         return
     for p in report["plugins"]:
         where = f"{p['distribution']} {p['version']}" if p["distribution"] else p["module"]
-        click.echo(f"{p['name']}  ({where})")
+        click.echo(f"{p['name']}  ({where}{', built-in' if p['builtin'] else ''})")
         click.echo(f"    techniques: {', '.join(p['techniques']) or '-'}")
-        click.echo(f"    kernels:    {', '.join(p['kernels']) or '-'}")
+        if p["kernels"]:
+            click.echo(f"    kernels:    {', '.join(p['kernels'])}")
+    # The kernel layer's own ops are not registered through the plugin hook: listed once here.
+    click.echo(f"built-in kernels: {', '.join(report['builtin_kernels']) or '-'}")
     for e in report["errors"]:
-        click.echo(f"FAILED {e['plugin']}: {e['message']}")
+        click.echo(f"ERROR {e['plugin']}: {e['message']}")
     if not report["plugins"] and not report["errors"]:
         click.echo("no lightning-eff plugins installed")
 
@@ -91,11 +80,13 @@ def info(name: str) -> None:
     """Show a technique's options (types, defaults, ranges) and its method card summary."""
     from lightning_eff.docs import method_card_summary, option_table
 
+    registry = get_registry()
     try:
-        cls = get_registry().technique(name)
+        cls = registry.technique(name)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{cls.name}  ({cls.__module__}.{cls.__qualname__}), phase: {cls.phase}")
+    click.echo(f"  from {registry.describe_plugin(registry.technique_plugin[cls.name])}")
     click.echo(f"  {cls.summary()}")
     for label, names in (("runs before", cls.before), ("runs after", cls.after), ("conflicts with", cls.conflicts)):
         if names:
