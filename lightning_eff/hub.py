@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_eff import hookspecs
 from lightning_eff.plan import describe_plan, preflight
@@ -37,6 +37,8 @@ class EfficiencyHub(Callback):
         self._stages_set_up: set[str] = set()
         self._last_logged_step = -1
         self._implementers: dict[str, list[Technique]] = {}
+        #: plugins whose ``leff_metrics`` raised in this run: reported once, not asked again
+        self.failed_metric_plugins: set[str] = set()
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
 
@@ -146,9 +148,24 @@ class EfficiencyHub(Callback):
                 metrics[f"efficiency/{t.name}/{key}"] = float(value)
         from lightning_eff.registry import get_registry
 
-        for extra in get_registry().pm.hook.leff_metrics(trainer=trainer):
-            for key, value in (extra or {}).items():
-                metrics[f"efficiency/{key}"] = float(value)
+        registry = get_registry()
+        # One call per plugin (pluggy's call order: last registered first) rather than one pluggy
+        # call, so that a plugin failing mid-run loses its own metrics only, not the run.
+        for impl in reversed(registry.pm.hook.leff_metrics.get_hookimpls()):
+            if impl.plugin_name in self.failed_metric_plugins or impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                found = impl.function(*(trainer for _ in impl.argnames))  # as pluggy: only the args it takes
+                extra = {f"efficiency/{key}": float(value) for key, value in (found or {}).items()}
+            except Exception as exc:  # noqa: BLE001 - reported once, then that plugin is left out
+                self.failed_metric_plugins.add(impl.plugin_name)
+                rank_zero_warn(
+                    f"{registry.describe_plugin(impl.plugin_name)} failed in its hook leff_metrics at step "
+                    f"{trainer.global_step} ({type(exc).__name__}: {exc}); training goes on without its metrics. "
+                    f"Fix or update it, or skip it with LIGHTNING_EFF_DISABLE_PLUGINS={impl.plugin_name}"
+                )
+                continue
+            metrics.update(extra)
         return metrics
 
     def log_metrics(self, trainer: pl.Trainer) -> None:

@@ -27,7 +27,6 @@ import importlib.util
 import os
 import re
 import traceback
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,11 +140,16 @@ def hook_name_problems(pm: pluggy.PluginManager, plugin: object) -> list[str]:
     return problems
 
 
+class _HookProxy:
+    """Holds a plugin's guarded hooks; compared by identity (pluggy refuses a plugin equal to one
+    already registered, and two empty namespaces would be equal)."""
+
+
 def _guarded(pm: pluggy.PluginManager, plugin: object, origin: str, fix: str) -> object:
     """A stand-in for ``plugin`` with the same hook implementations, each raising
     :class:`PluginHookError` (``origin``, the hook, ``fix``) when it fails. A deliberate
     :class:`LightningEffError` (a ConfigError...) passes unchanged: it already tells the user what to do."""
-    proxy = types.SimpleNamespace()
+    proxy = _HookProxy()
     for attr in dir(plugin):
         opts = pm.parse_hookimpl_opts(plugin, attr)
         if opts is None:
