@@ -9,6 +9,7 @@ directly (the hook cannot import lightning-eff: cookiecutter may run from anothe
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
 import shutil
@@ -145,6 +146,22 @@ def template_options(
         raise ConfigError("\n".join(lines)) from None
 
 
+# Jinja's three opening delimiters: text holding one of them would be executed as a template.
+JINJA_MARKUP = ("{{", "{%", "{#")
+
+
+def verbatim(value: str) -> str:
+    """``value`` in a form cookiecutter renders back to exactly ``value``.
+
+    cookiecutter renders every context value as a Jinja template before using it, so a description
+    ``{{ 7*7 }}`` would become ``49`` and ``{% if %}`` a crash. What the user typed is data: text with
+    Jinja markup is turned into one string-literal expression (JSON string escapes are also Jinja's),
+    whose rendering is the text itself, whatever delimiters or quotes it holds."""
+    if not any(mark in value for mark in JINJA_MARKUP):
+        return value
+    return "{{ " + json.dumps(value, ensure_ascii=False) + " }}"
+
+
 def templates_root() -> Path:
     """The folder holding ``project/`` and ``plugin/``: the wheel's package data, else the checkout's."""
     package_dir = Path(__file__).resolve().parent
@@ -174,7 +191,7 @@ def bake(kind: TemplateKind, options: TemplateOptions, output_dir: str | Path = 
     target = output_dir / options.project_slug
     if target.exists() and not overwrite:
         raise ConfigError(f"{target} already exists: choose another name or --output-dir, or pass --force")
-    context: dict[str, Any] = options.model_dump()
+    context: dict[str, Any] = {key: verbatim(value) for key, value in options.model_dump().items()}
     with tempfile.TemporaryDirectory(prefix="leff-new-") as scratch:
         # pip byte-compiles the template's .py files when it installs the wheel; a clean copy keeps
         # their __pycache__ out of the generated project.
@@ -206,18 +223,28 @@ NEXT_STEPS = {
 }
 
 
-def _options(fn: Any) -> Any:
+# The default slug as ``template_options`` derives it, stated per kind so that ``--help`` says what happens.
+SLUG_HELP = {
+    "project": "NAME in lowercase, with '-' for spaces and punctuation",
+    "plugin": "NAME in lowercase, with '-' for spaces and punctuation, prefixed with 'leff-' (the plugin naming convention)",
+}
+
+
+def _options(kind: TemplateKind) -> Any:
     """The arguments both sub-commands take."""
-    fn = click.option("--force", is_flag=True, help="Write into an existing folder, overwriting its files.")(fn)
-    fn = click.option("--output-dir", "-o", default=".", show_default=True, type=click.Path(file_okay=False),
-                      help="Folder in which the new project folder is created.")(fn)
-    fn = click.option("--author", default=None, help="Author name for pyproject.toml.")(fn)
-    fn = click.option("--description", default=None, help="One-line description.")(fn)
-    fn = click.option("--package", "package", default=None,
-                      help="Import name (default: the slug with '_' for '-' and '.').")(fn)
-    fn = click.option("--slug", default=None,
-                      help="Folder and distribution name (default: NAME in lowercase with '-' for spaces).")(fn)
-    return click.argument("name")(fn)
+
+    def decorate(fn: Any) -> Any:
+        fn = click.option("--force", is_flag=True, help="Write into an existing folder, overwriting its files.")(fn)
+        fn = click.option("--output-dir", "-o", default=".", show_default=True, type=click.Path(file_okay=False),
+                          help="Folder in which the new project folder is created.")(fn)
+        fn = click.option("--author", default=None, help="Author name for pyproject.toml.")(fn)
+        fn = click.option("--description", default=None, help="One-line description.")(fn)
+        fn = click.option("--package", "package", default=None,
+                          help="Import name (default: the slug with '_' for '-' and '.').")(fn)
+        fn = click.option("--slug", default=None, help=f"Folder and distribution name (default: {SLUG_HELP[kind]}).")(fn)
+        return click.argument("name")(fn)
+
+    return decorate
 
 
 def _create(kind: TemplateKind, name, slug, package, description, author, output_dir, force) -> None:
@@ -239,14 +266,14 @@ def new() -> None:
 
 
 @new.command()
-@_options
+@_options("project")
 def project(name, slug, package, description, author, output_dir, force) -> None:
     """A Lightning project using lightning-eff: LightningCLI entry, recipe, model, data, tests, bench."""
     _create("project", name, slug, package, description, author, output_dir, force)
 
 
 @new.command()
-@_options
+@_options("plugin")
 def plugin(name, slug, package, description, author, output_dir, force) -> None:
     """A third-party plugin package: an example technique and kernel registered through entry points."""
     _create("plugin", name, slug, package, description, author, output_dir, force)

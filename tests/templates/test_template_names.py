@@ -99,3 +99,46 @@ def test_new_is_a_lightning_eff_subcommand(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "project" in out and "plugin" in out
+
+
+# --- what the user types is data ----------------------------------------------------------------------
+
+# Jinja markup of every kind, and the characters that would break the files it lands in.
+MARKUP = '{{ 7*7 }} {% if %} {# "quoted" \\ back }} {% endraw %}'
+
+
+@pytest.mark.parametrize("kind", ["project", "plugin"])
+def test_user_text_with_jinja_markup_comes_out_verbatim(kind, tmp_path):
+    import ast
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    name, author = "Demo {{ 6*7 }}", "Ann {% if %} {#"
+    result = CliRunner().invoke(new, [
+        kind, name, "--slug", "demo", "--package", "demo", "--description", MARKUP, "--author", author,
+        "-o", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "demo"
+    meta = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert meta["description"] == MARKUP and meta["authors"] == [{"name": author}]
+    readme = (root / "README.md").read_text().splitlines()
+    assert readme[0] == f"# {name}" and readme[2] == f"{MARKUP}."
+    docstring = ast.get_docstring(ast.parse((root / "demo" / "__init__.py").read_text()))
+    assert docstring.splitlines()[0] == f"{name}: {MARKUP}."
+
+
+def test_text_without_markup_is_passed_unchanged():
+    from lightning_eff.new import verbatim
+
+    assert verbatim("A plain {description} with 'quotes'") == "A plain {description} with 'quotes'"
+
+
+@pytest.mark.parametrize("kind", ["project", "plugin"])
+def test_help_states_the_default_folder_the_command_creates(kind, tmp_path):
+    help_text = " ".join(CliRunner().invoke(new, [kind, "--help"]).output.split())
+    result = CliRunner().invoke(new, [kind, "My Thing", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (made,) = [p.name for p in tmp_path.iterdir()]
+    assert made == ("leff-my-thing" if kind == "plugin" else "my-thing")
+    assert "default: NAME in lowercase, with '-' for spaces and punctuation" in help_text
+    assert ("prefixed with 'leff-'" in help_text) == made.startswith("leff-")

@@ -1,4 +1,4 @@
-"""{{ cookiecutter.project_name }}: {{ cookiecutter.description.rstrip('.') }}.
+"""{{ (cookiecutter.project_name ~ ': ' ~ cookiecutter.description.rstrip('.')) | replace('\\', '\\\\') | replace('"', '\\"') }}.
 
 This module is the plugin: ``pyproject.toml`` names it in the ``lightning_eff`` entry-point group,
 and lightning-eff calls the ``@hookimpl`` functions below once per process when it loads plugins.

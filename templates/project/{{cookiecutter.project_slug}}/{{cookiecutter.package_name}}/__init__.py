@@ -1,4 +1,4 @@
-"""{{ cookiecutter.project_name }}: {{ cookiecutter.description.rstrip('.') }}."""
+"""{{ (cookiecutter.project_name ~ ': ' ~ cookiecutter.description.rstrip('.')) | replace('\\', '\\\\') | replace('"', '\\"') }}."""
 
 from {{ cookiecutter.package_name }}.data import DigitsDataModule
 from {{ cookiecutter.package_name }}.model import DigitsClassifier
