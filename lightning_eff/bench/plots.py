@@ -59,6 +59,14 @@ def clipping(result: BenchResult, x: str) -> tuple[float | None, list[Run]]:
     return bound, [r for r in runs if bound is not None and _xs(r, x)[-1] > bound]
 
 
+def height_at(xs: list[float], ys: list[float], x: float) -> float:
+    """Where the drawn line crosses ``x`` (straight segments between points); the nearest end outside."""
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1] if x > xs[-1] else ys[0]
+
+
 def _fmt_x(value: float, x: str) -> str:
     return fmt_flops(value) if x == "flops" else f"{value:.1f}s" if x == "train_seconds" else f"{value:.0f}"
 
@@ -84,14 +92,12 @@ def plot_curves(result: BenchResult, x: str, path: Path) -> Path:
         ax.plot(xs, ys, STYLES[run.arm], color=COLORS[run.arm], marker=marker, markersize=4, alpha=0.85,
                 label=f"{run.arm} (seed {run.seed})")
     for run in cut:
-        visible = [(xv, p.quality) for xv, p in zip(_xs(run, x), run.curve) if xv <= bound]
-        y = visible[-1][1] if visible else run.curve[-1].quality
+        y = height_at(_xs(run, x), [p.quality for p in run.curve], bound)
         ax.annotate(
             f"seed {run.seed}: {_fmt_x(_xs(run, x)[-1], x)}", xy=(bound, y), xytext=(-70, 12), textcoords="offset points",
             fontsize=7, color=COLORS[run.arm], arrowprops={"arrowstyle": "->", "color": COLORS[run.arm]},
         )
-    if bound is not None:
-        ax.set_xlim(right=bound)
+    ax.set_xlim(left=0, right=bound)
     targets = [c.target_quality for c in result.comparisons]
     if targets:
         ax.axhline(statistics.median(targets), color="grey", linestyle=":", linewidth=1, label="baseline final (median)")

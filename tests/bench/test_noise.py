@@ -4,7 +4,7 @@ import pytest
 
 from lightning_eff.bench.html import text
 from lightning_eff.bench.noise import batch_times, dispersed, noise_warnings, quantile, slow_repeats
-from lightning_eff.bench.plots import MARKERS, caption, clip_bound, clipping
+from lightning_eff.bench.plots import MARKERS, caption, clip_bound, clipping, height_at
 from lightning_eff.bench.quality import spread
 from lightning_eff.bench.schema import Point, Run, Spread
 from lightning_eff.bench.table import delta_text, fmt_flops, fmt_spread
@@ -83,6 +83,11 @@ def test_a_clipped_run_is_named_in_the_caption_with_its_end():
     assert "clipped at 16.5s" in note and "baseline seed 2 ends at 40.0s" in note
     assert "clipped" not in caption(_Result(runs[:2]), "train_seconds")
     assert "marker: seed" in note and len(set(MARKERS)) == len(MARKERS)
+
+
+def test_the_clip_arrow_sits_where_the_line_crosses_the_bound():
+    assert height_at([0.0, 10.0, 40.0], [0.1, 0.3, 0.9], 25.0) == pytest.approx(0.6)
+    assert height_at([0.0, 10.0], [0.1, 0.3], 50.0) == 0.3
 
 
 def test_runs_without_counted_flops_are_left_out_of_the_flops_plot():
