@@ -1,10 +1,16 @@
 """What counting FLOPs costs in training time: the same run with and without the FlopMeter.
 
-Runs each embedded task's baseline at one seed, alternating uncounted / counted, and prints the
-median training time of each and their ratio. The bench counts every step in the timed run only if
-this stays within 1.1x (docs/benchmarking.md, "Compute").
+Two levels, both alternating uncounted / counted so that a busy machine hits both alike:
 
-    .venv/bin/python benchmarks/flops_overhead.py --tasks vision lm --steps 60 --pairs 5
+* ``runs``: whole bench runs (Lightning, validation, set-up) of each task's baseline at one seed;
+  median training time of each and their ratio.
+* ``steps``: bare training steps (forward, backward, AdamW) of the task's model on one batch, in
+  blocks; median seconds per step. Less exposed to other processes than whole runs.
+
+The bench counts inside timed runs only if this stays within 1.1x (docs/benchmarking.md, "Compute").
+
+    .venv/bin/python benchmarks/flops_overhead.py --level steps --tasks vision lm
+    .venv/bin/python benchmarks/flops_overhead.py --level runs --tasks vision lm --steps 60 --pairs 5
 """
 
 from __future__ import annotations
@@ -12,7 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
+import torch
+
+from lightning_eff.bench.flops import SplitFlopCounter
 from lightning_eff.bench.runner import RunPlan, run_once
 from lightning_eff.bench.tasks import get_task
 from lightning_eff.recipe import load_recipe
@@ -44,15 +54,58 @@ def measure(task_name: str, steps: int, pairs: int, recipe: str | None) -> dict:
     }
 
 
+def measure_steps(task_name: str, blocks: int, steps_per_block: int) -> dict:
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    module, data = task.make_module(), task.make_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    counter = SplitFlopCounter()
+
+    def step() -> None:
+        module.per_sample_loss(batch).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def block(counted: bool) -> float:
+        start = time.perf_counter()
+        for _ in range(steps_per_block):
+            if counted:
+                with counter:
+                    step()
+            else:
+                step()
+        return (time.perf_counter() - start) / steps_per_block
+
+    block(False), block(True)  # warm-up
+    times = {"uncounted": [], "counted": []}
+    for i in range(blocks):
+        for counted in ((False, True) if i % 2 == 0 else (True, False)):
+            times["counted" if counted else "uncounted"].append(block(counted))
+    plain, counted = statistics.median(times["uncounted"]), statistics.median(times["counted"])
+    return {
+        "task": task_name, "level": "steps", "blocks": blocks, "steps_per_block": steps_per_block,
+        "median_uncounted_ms": round(plain * 1e3, 2), "median_counted_ms": round(counted * 1e3, 2),
+        "ratio": round(counted / plain, 3), "flops_per_step": counter.total // ((blocks + 1) * steps_per_block),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--level", choices=["steps", "runs"], default="steps")
     parser.add_argument("--tasks", nargs="+", default=["vision", "lm"])
+    parser.add_argument("--blocks", type=int, default=10, help="steps level: blocks per arm")
+    parser.add_argument("--block-steps", type=int, default=10, help="steps level: steps per block")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--recipe", default=None, help="measure the recipe arm of this recipe instead of the baseline")
     args = parser.parse_args()
     for task in args.tasks:
-        print(json.dumps(measure(task, args.steps, args.pairs, args.recipe)), flush=True)
+        if args.level == "steps":
+            print(json.dumps(measure_steps(task, args.blocks, args.block_steps)), flush=True)
+        else:
+            print(json.dumps(measure(task, args.steps, args.pairs, args.recipe)), flush=True)
 
 
 if __name__ == "__main__":

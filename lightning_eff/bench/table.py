@@ -113,6 +113,14 @@ def delta_text(values: list[float]) -> str:
     return "delta " + " / ".join(f"{v:+.4f}" for v in (d.min, d.median, d.max))
 
 
+def spread_row(result: BenchResult, label: str, value) -> Row:
+    """Each arm's own min / median / max over repeats (no ratio): how much the repeats disagree."""
+    cells = []
+    for arm in ("baseline", "recipe"):
+        cells.append(fmt_spread(spread([value(r) for r in result.runs if r.arm == arm])))
+    return Row(label, *cells, "")
+
+
 def table_rows(result: BenchResult) -> list[Row]:
     s = result.summary
     label = result.task.metric.split("/")[-1]
@@ -132,6 +140,10 @@ def table_rows(result: BenchResult) -> list[Row]:
         if key in OPTIONAL and base is None and rec is None:
             continue
         rows.append(Row(text, fmt(base, kind), fmt(rec, kind), fmt_spread(s.ratios.get(key)) if with_ratio else ""))
+        if key == "train_seconds":
+            rows.append(spread_row(result, "  min / median / max", lambda r: r.train_seconds))
+    if s.reached:
+        rows.insert(1, spread_row(result, "  min / median / max", lambda r: r.time_to_quality))
     return rows
 
 

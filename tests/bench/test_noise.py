@@ -7,7 +7,7 @@ from lightning_eff.bench.noise import batch_times, dispersed, noise_warnings, qu
 from lightning_eff.bench.plots import MARKERS, caption, clip_bound, clipping, height_at
 from lightning_eff.bench.quality import spread
 from lightning_eff.bench.schema import Point, Run, Spread
-from lightning_eff.bench.table import delta_text, fmt_flops, fmt_spread
+from lightning_eff.bench.table import delta_text, fmt_flops, fmt_spread, spread_row
 
 
 def make_run(arm="baseline", seed=0, train_seconds=1.0, batch=(0.01, 0.012, 0.011), ends=None) -> Run:
@@ -57,6 +57,13 @@ def test_one_value_is_printed_once_with_1_run():
     assert fmt_spread(Spread(min=1.0, median=1.5, max=2.0, n=3), "x") == "1.00x / 1.50x / 2.00x"
     assert spread([None, 2.0]).n == 1
     assert delta_text([0.25]) == "delta +0.2500 (1 run)"
+
+
+def test_each_arms_spread_prints_a_lone_reached_repeat_once():
+    reached = [make_run("recipe", seed=s).model_copy(update={"time_to_quality": t}) for s, t in ((0, 2.0), (1, None), (2, None))]
+    baseline = [make_run(seed=s).model_copy(update={"time_to_quality": t}) for s, t in ((0, 3.0), (1, 4.0), (2, 6.0))]
+    row = spread_row(_Result(baseline + reached), "  min / median / max", lambda r: r.time_to_quality)
+    assert (row.baseline, row.recipe) == ("3.00 / 4.00 / 6.00", "2.00 (1 run)")
 
 
 def test_flops_format_with_si_prefixes():
