@@ -32,15 +32,13 @@ def batch_times(seconds: Sequence[float]) -> BatchTimes | None:
     return BatchTimes(batches=len(seconds), median=statistics.median(seconds), p90=quantile(seconds, 0.9), max=max(seconds))
 
 
-def slow_repeats(runs: Sequence[Run], factor: float = SLOW_REPEAT) -> list[Run]:
-    """Runs whose training time is more than ``factor`` x the median of their arm."""
+def slow_repeats(runs: Sequence[Run], factor: float = SLOW_REPEAT) -> list[tuple[Run, float]]:
+    """(run, its arm's median training time) for each run more than ``factor`` x that median."""
     slow = []
     for arm in ("baseline", "recipe"):
         mine = [r for r in runs if r.arm == arm]
-        if not mine:
-            continue
-        median = statistics.median(r.train_seconds for r in mine)
-        slow += [r for r in mine if r.train_seconds > factor * median]
+        median = statistics.median(r.train_seconds for r in mine) if mine else 0.0
+        slow += [(r, median) for r in mine if r.train_seconds > factor * median]
     return slow
 
 
@@ -51,17 +49,11 @@ def dispersed(run: Run, factor: float = DISPERSED_BATCHES) -> bool:
 
 def noise_warnings(runs: Sequence[Run]) -> list[str]:
     """One line per flagged run, naming the arm and seed and the numbers that flagged it."""
-    lines = []
-    for arm in ("baseline", "recipe"):
-        mine = [r for r in runs if r.arm == arm]
-        if not mine:
-            continue
-        median = statistics.median(r.train_seconds for r in mine)
-        for r in slow_repeats(mine):
-            lines.append(
-                f"noisy timing: {r.arm} seed {r.seed} trained {r.train_seconds:.2f}s, {r.train_seconds / median:.1f}x its "
-                f"arm's median {median:.2f}s (another process competing for the machine?)"
-            )
+    lines = [
+        f"noisy timing: {r.arm} seed {r.seed} trained {r.train_seconds:.2f}s, {r.train_seconds / median:.1f}x its "
+        f"arm's median {median:.2f}s (another process competing for the machine?)"
+        for r, median in slow_repeats(runs)
+    ]
     for r in runs:
         if dispersed(r):
             t = r.batch_times

@@ -33,7 +33,7 @@ def test_quantile_interpolates_and_batch_times_summarise():
 
 def test_a_repeat_over_twice_its_arms_median_is_flagged_and_named():
     runs = [make_run(seed=0, train_seconds=1.0), make_run(seed=1, train_seconds=1.1), make_run(seed=2, train_seconds=2.5)]
-    assert [r.seed for r in slow_repeats(runs)] == [2]
+    assert [(r.seed, median) for r, median in slow_repeats(runs)] == [(2, 1.1)]
     lines = noise_warnings(runs)
     assert len(lines) == 1 and "baseline seed 2 trained 2.50s, 2.3x its arm's median 1.10s" in lines[0]
 
