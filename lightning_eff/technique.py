@@ -13,6 +13,7 @@ import functools
 import json
 import types
 import typing
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lightning.pytorch import Callback
@@ -88,6 +89,14 @@ class TechniqueConfig(BaseModel):
             if field is not None and not _admits_bool(field.annotation):
                 raise ValueError(f"got {str(value).lower()}, a bool; this option is not a bool: write a number or value")
         return value
+
+
+def batch_selector_problems(techniques: Sequence[Any]) -> list[str]:
+    """At most one technique may replace batches (``selects_batches``); shared by ``check`` and preflight."""
+    selectors = [t.name for t in techniques if getattr(t, "selects_batches", False)]
+    if len(selectors) > 1:
+        return [f"two batch selectors are active ({', '.join(selectors)}): keep only one of them"]
+    return []
 
 
 def format_validation_error(owner: str, error: ValidationError) -> str:

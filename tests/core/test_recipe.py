@@ -126,3 +126,51 @@ def test_hydra_instantiate_builds_a_technique():
     assert isinstance(technique, ex.HalfBatch) and technique.config.keep == 0.75
     with pytest.raises(Exception, match="keep=2"):
         instantiate({"_target_": "example_techniques.HalfBatch", "keep": 2})
+
+
+def test_class_path_may_name_a_lightning_callback_with_init_args(tmp_path, example_registry):
+    """Issue 14 item 6: one recipe compares ours with Lightning's own (the bench passes build() to the Trainer)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import BackboneFinetuning, ModelPruning
+
+    from lightning_eff.testing import TinyClassifier, TinyDataModule
+
+    recipe = load_recipe(write(tmp_path, """
+        techniques:
+          - class_path: lightning.pytorch.callbacks.ModelPruning
+            init_args: {pruning_fn: l1_unstructured, amount: 0.3}
+          - class_path: lightning.pytorch.callbacks.BackboneFinetuning
+            init_args: {unfreeze_backbone_at_epoch: 2}
+          - name: weight_noise
+        trainer: {max_steps: 2}
+        """))
+    assert recipe.validate() == []
+    pruning, finetuning, noise = recipe.build()
+    assert isinstance(pruning, ModelPruning) and pruning.amount == 0.3
+    assert isinstance(finetuning, BackboneFinetuning) and finetuning.unfreeze_backbone_at_epoch == 2
+    assert isinstance(noise, ex.WeightNoise)
+    assert recipe.build()[0] is not pruning
+    kwargs = recipe.trainer_kwargs(recipe.build(), base={"logger": False})
+    callbacks = [c for c in recipe.build() if not isinstance(c, BackboneFinetuning)]  # needs a .backbone
+    trainer = pl.Trainer(**kwargs, callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(TinyClassifier(), datamodule=TinyDataModule())
+    assert trainer.global_step == 2
+
+
+def test_lightning_callback_init_args_are_checked(tmp_path, example_registry):
+    message = error_of(write(tmp_path, """
+        techniques:
+          - class_path: lightning.pytorch.callbacks.ModelPruning
+            init_args: {pruning_fn: l1_unstructured, amont: 0.3}
+        """))
+    assert "techniques[0].init_args: ModelPruning: unknown init_arg 'amont' (did you mean 'amount'?)" in message
+    message = error_of(write(tmp_path, "techniques: [{class_path: lightning.pytorch.callbacks.ModelPruning}]"))
+    assert "missing required init_arg(s) pruning_fn" in message
+    message = error_of(write(tmp_path, """
+        techniques:
+          - class_path: lightning.pytorch.callbacks.ModelPruning
+            init_args: {pruning_fn: no_such_fn}
+        """))
+    assert "techniques[0].init_args: ModelPruning: init_args {'pruning_fn': 'no_such_fn'} were refused" in message
+    message = error_of(write(tmp_path, "techniques: [{name: weight_noise, options: {}, init_args: {}}]"))
+    assert "give 'options' or 'init_args', not both" in message
