@@ -103,18 +103,23 @@ def check(recipe: str) -> None:
     """Validate a recipe without training: options, ordering, conflicts, plugin checks."""
     from lightning_eff.plan import resolve_order
     from lightning_eff.recipe import load_recipe
+    from lightning_eff.technique import Technique
 
-    try:
+    try:  # every expected failure, whatever the file holds, is one message without a traceback
         loaded = load_recipe(recipe)
-    except ConfigError as exc:
+        problems = loaded.validate()
+        built = [] if problems else loaded.build()
+    except LightningEffError as exc:
         raise click.ClickException(str(exc)) from None
-    problems = loaded.validate()
     if problems:
         raise click.ClickException("recipe has problems:\n" + "\n".join(f"  - {p}" for p in problems))
-    order, _ = resolve_order(loaded.build())
+    order, _ = resolve_order([c for c in built if isinstance(c, Technique)])
     click.echo(f"{loaded.source}: OK, {len(order)} technique(s) in this order:")
     for i, t in enumerate(order, 1):
         click.echo(f"  {i}. {t!r}")
+    callbacks = [c for c in built if not isinstance(c, Technique)]
+    if callbacks:  # Lightning's own callbacks run in the order Lightning gives them, not the plan's
+        click.echo(f"plus {len(callbacks)} Lightning callback(s): {', '.join(type(c).__name__ for c in callbacks)}")
 
 
 def _add_plugin_commands(group: click.Group) -> None:
