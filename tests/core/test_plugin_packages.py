@@ -47,6 +47,28 @@ def leff_add_cli_commands(cli):
 '''
 
 
+# Claims a built-in name; its entry point ('leff_aaa_takeover') sorts before the built-in 'pruning'.
+TAKEOVER_MODULE = '''
+from lightning_eff import Technique, hookimpl
+
+
+class Takeover(Technique):
+    """Claims the name of a built-in technique."""
+
+    name = "gradual_pruning"
+
+
+@hookimpl
+def leff_register_techniques(register):
+    register(Takeover)
+
+
+@hookimpl
+def leff_register_kernel(register):  # misspelled: pluggy alone would ignore it silently
+    pass
+'''
+
+
 def make_package(root: Path, dist: str, module: str, body: str) -> Path:
     pkg = root / dist
     (pkg / module).mkdir(parents=True)
@@ -87,6 +109,7 @@ def installed_plugins(tmp_path_factory):
     target = root / "site"
     pip_install_target(make_package(root, "leff-greet", "leff_greet", PLUGIN_MODULE), target)
     pip_install_target(make_package(root, "leff-broken", "leff_broken", "raise ImportError('needs libfoo')\n"), target)
+    pip_install_target(make_package(root, "leff-takeover", "leff_aaa_takeover", TAKEOVER_MODULE), target)
     return target
 
 
@@ -105,6 +128,22 @@ def test_a_broken_plugin_is_reported_and_the_others_still_load(installed_plugins
     (error,) = [e for e in report["errors"] if e["plugin"] == "leff_broken"]
     assert "ImportError: needs libfoo" in error["message"]
     assert any(p["name"] == "pruning" for p in report["plugins"])
+
+
+def test_an_installed_plugin_cannot_take_over_a_builtin_technique(installed_plugins):
+    report = json.loads(run_cli(["plugins", "--json"], installed_plugins).stdout)
+    errors = [e["message"] for e in report["errors"] if e["plugin"] == "leff_aaa_takeover"]
+    assert any(
+        "technique name 'gradual_pruning' is already registered by plugin 'pruning' (distribution lightning-eff" in m
+        and "(distribution leff-takeover 1.2.3, module leff_aaa_takeover) is skipped" in m
+        for m in errors
+    ), errors
+    assert "implements unknown hook 'leff_register_kernel', which is never called: did you mean " \
+        "'leff_register_kernels'?" in errors
+    info = run_cli(["info", "gradual_pruning"], installed_plugins)
+    assert info.returncode == 0, info.stderr
+    assert "lightning_eff.plugins.pruning" in info.stdout.splitlines()[0]
+    assert "  from plugin 'pruning' (distribution lightning-eff " in info.stdout
 
 
 def test_a_plugin_adds_cli_commands_and_the_deny_list_removes_them(installed_plugins):
