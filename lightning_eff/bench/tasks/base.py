@@ -37,8 +37,10 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> floa
 class BenchModule(EfficientModule, pl.LightningModule):
     """Base of the embedded tasks' modules: AdamW + warm-up + cosine to 0 over the run's steps.
 
-    Every parameter is given to the optimizer (frozen ones simply get no gradient), so techniques that
-    freeze or unfreeze layers need no optimizer surgery and both arms share one optimizer definition.
+    The optimizer gets the parameters that require gradients when it is built (Lightning's advice):
+    our freezing techniques freeze later (``on_fit_start``) and remove parameters from it themselves;
+    Lightning's ``BaseFinetuning`` callbacks freeze in ``setup`` and add the parameters back as a new
+    group when they unfreeze, which fails if the optimizer already holds them.
     """
 
     def __init__(self, lr: float, weight_decay: float = 0.01, warmup_fraction: float = 0.05) -> None:
@@ -46,8 +48,9 @@ class BenchModule(EfficientModule, pl.LightningModule):
         self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.dim() >= 2]
+        no_decay = [p for p in trainable if p.dim() < 2]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,

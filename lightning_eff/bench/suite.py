@@ -1,0 +1,121 @@
+"""``lightning-eff bench suite``: every entry of :mod:`suite_entries` through ``run_bench``, one report
+folder each, then one results page (Markdown + HTML with plots) over all of them.
+
+A suite stopped midway continues where it stopped: an entry whose ``results.json`` exists (and was
+made with the same settings) is read back instead of run again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_eff.bench.suite_entries import ENTRIES, SuiteEntry, entry_folder
+from lightning_eff.errors import ConfigError
+
+#: ``--quick``: every run a few steps, one repeat; checks the plumbing, measures nothing
+QUICK = {"max_steps": 4, "epochs": None, "repeats": 1, "evals": 2, "warmup_steps": 0}
+SETTINGS_FILE = "suite-settings.json"
+
+
+@dataclass(frozen=True)
+class SuiteRow:
+    entry: SuiteEntry
+    folder: str
+    result: Any  # BenchResult
+    ran_now: bool
+
+
+def select_entries(only: Sequence[str] | None) -> list[SuiteEntry]:
+    if not only:
+        return list(ENTRIES)
+    by_name = {e.name: e for e in ENTRIES}
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        raise ConfigError(f"unknown suite entries {unknown}; the suite has: {', '.join(by_name)}")
+    return [by_name[n] for n in only]
+
+
+def entry_recipe(entry: SuiteEntry) -> Any:
+    """A shipped recipe's name as it is; an inline mapping as a Recipe named after the entry."""
+    if isinstance(entry.recipe, str):
+        return entry.recipe
+    from lightning_eff.recipe import recipe_from_dict
+
+    return recipe_from_dict(entry.recipe, name=entry_folder(entry.name), source=f"suite entry '{entry.name}'")
+
+
+def bench_options(entry: SuiteEntry, quick: bool, repeats: int | None) -> dict[str, Any]:
+    options = dict(entry.options)
+    if quick:
+        options.update(QUICK)
+        options.pop("recipe_steps", None)
+    if repeats is not None:
+        options["repeats"] = repeats
+    return options
+
+
+def _settings(entry: SuiteEntry, options: dict[str, Any]) -> dict[str, Any]:
+    return {"recipe": entry.recipe, "task": entry.task, "options": options}
+
+
+def _finished(folder: Path, settings: dict[str, Any]) -> Any | None:
+    """The entry's result if it finished earlier with the same settings, else None."""
+    from lightning_eff.bench.report import load_result
+
+    try:
+        same = json.loads((folder / SETTINGS_FILE).read_text()) == json.loads(json.dumps(settings))
+        return load_result(folder / "results.json") if same else None
+    except (OSError, ValueError):
+        return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_suite(
+    out: str | Path,
+    *,
+    only: Sequence[str] | None = None,
+    quick: bool = False,
+    repeats: int | None = None,
+    say: Callable[[str], None] | None = None,
+    run: Callable[..., Any] | None = None,
+) -> list[SuiteRow]:
+    """Run (or read back) each selected entry into ``out/<entry>/``; returns the rows in suite order.
+
+    ``run`` is ``run_bench`` (replaceable in tests).
+    """
+    if run is None:
+        from lightning_eff.bench.harness import run_bench as run
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    entries = select_entries(only)
+    out = Path(out)
+    rows: list[SuiteRow] = []
+    spent: list[float] = []
+    for i, entry in enumerate(entries, 1):
+        folder = out / entry_folder(entry.name)
+        options = bench_options(entry, quick, repeats)
+        settings = _settings(entry, options)
+        done = _finished(folder, settings)
+        if done is not None:
+            say(f"[{i}/{len(entries)}] {entry.name}: done earlier ({done.summary.verdict}), kept")
+            rows.append(SuiteRow(entry, folder.name, done, ran_now=False))
+            continue
+        left = len(entries) - i + 1
+        eta = _duration(sum(spent) / len(spent) * left) if spent else "after the first entry"
+        say(f"[{i}/{len(entries)}] {entry.name}: {entry.task}, {entry.regime or entry.kind} | ETA {eta}")
+        start = time.perf_counter()
+        result = run(task=entry.task, recipe=entry_recipe(entry), out=folder, quiet=True, **options)
+        spent.append(time.perf_counter() - start)
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        say(f"        {entry.name}: {result.summary.verdict}; compute: {result.summary.compute_verdict}")
+        rows.append(SuiteRow(entry, folder.name, result, ran_now=True))
+    return rows
