@@ -6,6 +6,16 @@ technique instance, registered per Trainer by the hub) whose functions are marke
 
 Registration hooks run once per process when the registry loads; training-time hooks run only for
 the techniques active in the current Trainer, in plan order (see ``lightning_eff.plan``).
+
+A marked function whose name is not one of these (``leff_register_technique``), or a function named
+like one of these but not marked, would never be called: the registry reports it, with the closest
+valid name, in ``lightning-eff plugins``. Mark a hook meant for a future version
+``@hookimpl(optionalhook=True)`` to silence that report.
+
+A plugin's code failing never surfaces as a bare exception from inside it: configuration hooks
+raise :class:`lightning_eff.registry.PluginHookError` naming the plugin, its distribution, module
+and hook (before step 0), and a failing ``leff_metrics`` is reported once and left out. Raise a
+:class:`lightning_eff.errors.ConfigError` for a problem the user must fix: it passes unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +46,9 @@ def leff_register_techniques(register: Callable[[type[Technique]], None]) -> Non
 
     Called once when the registry loads. Call ``register(TechniqueClass)`` for each technique the
     plugin provides; the registered name is the class attribute ``name``. A name already registered
-    by another plugin is reported by ``lightning-eff plugins`` and the second registration skipped.
+    by another plugin is reported by ``lightning-eff plugins`` (naming both distributions) and the
+    second registration skipped. The names of lightning-eff's own techniques are reserved: its
+    entry points load first, and a built-in keeps its name whatever other plugins register.
 
     Example::
 
@@ -78,7 +90,8 @@ def leff_configure_trainer(trainer_kwargs: dict[str, Any], techniques: list[Tech
     Called by :func:`lightning_eff.recipe.trainer_kwargs_for` and by ``lightning-eff bench``, for every
     registered plugin module and for each technique in ``techniques``. Mutate ``trainer_kwargs`` in
     place. A technique that needs a Trainer setting it cannot set itself (``precision``) implements
-    this; preflight then checks the running Trainer agrees.
+    this; preflight then checks the running Trainer agrees. An exception other than a
+    ``LightningEffError`` becomes a ``PluginHookError`` naming the plugin and this hook.
     """
 
 
@@ -90,6 +103,8 @@ def leff_validate(techniques: list[Technique], trainer_kwargs: dict[str, Any]) -
     by preflight at the start of fit (``trainer_kwargs``: the running Trainer's settings, see
     ``lightning_eff.plan.trainer_settings``), for plugin modules and the techniques themselves. All
     results are collected and raised together as one :class:`lightning_eff.errors.PreflightError`.
+    Return problems rather than raising: an exception other than a ``LightningEffError`` stops
+    ``check`` or ``fit`` (before step 0) with a ``PluginHookError`` naming the plugin and this hook.
     """
 
 
@@ -133,5 +148,6 @@ def leff_metrics(trainer: Any) -> dict[str, float] | None:
 
     Called by the hub every ``log_every_n_steps`` optimizer steps, on every rank, after the
     techniques' own :meth:`Technique.metrics`. Plugin modules implement it for cross-technique
-    metrics; techniques usually override ``metrics()`` instead.
+    metrics; techniques usually override ``metrics()`` instead. A plugin whose hook raises is
+    reported once (a warning naming it) and not asked again during that run: training goes on.
     """
