@@ -23,7 +23,7 @@ def cli_bench(tmp_path_factory):
     """One CLI benchmark shared by the report tests: KeepFirst(keep=0.5), one repeat."""
     folder = tmp_path_factory.mktemp("cli")
     recipe = folder / "keep_half.yaml"
-    recipe.write_text(yaml.safe_dump(KEEP_HALF))
+    recipe.write_text(yaml.safe_dump({**KEEP_HALF, "description": "half of every batch (`keep: 0.5`)"}))
     out = folder / "out"
     args = ["--task", "vision", "--recipe", str(recipe), "--repeats", "1", "--max-steps", str(STEPS), "--evals", "2"]
     result = CliRunner().invoke(bench, [*args, "--warmup-steps", "1", "--out", str(out)])
@@ -65,6 +65,7 @@ def test_report_html_is_self_contained_and_shows_the_table(cli_bench):
     assert not re.search(r'src="(?!data:)', html)  # nothing fetched from elsewhere
     assert f"{result.summary.baseline['train_seconds']:.2f}" in html
     assert result.environment.command in html
+    assert "`" not in html and "<code>keep: 0.5</code>" in html  # markdown code spans render as <code>
 
 
 def test_report_states_machine_versions_and_command(cli_bench):
