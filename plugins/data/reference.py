@@ -36,22 +36,27 @@ from lightning_eff.errors import ConfigError, require
 ReferenceFn = Callable[[Any], Tensor]
 
 
+def _import_attribute(path: str, option: str, form: str) -> Any:
+    """``"pkg.module:name"`` -> that attribute of the imported module, uncalled."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{option}={path!r}: write {form}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{option}={path!r}: cannot import '{module_name}' ({exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{option}={path!r}: module '{module_name}' has no attribute '{attr}'") from None
+
+
 def import_factory(path: str) -> Any:
     """``"pkg.module:name"`` -> the object (called when it is a function or class without arguments).
 
     Only for import paths the user types on a command line of their own; a recipe's class path goes
     through :func:`import_class`, which never calls what it imports."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"reference={path!r}: write an import path as 'pkg.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"reference={path!r}: cannot import '{module_name}' ({exc})") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"reference={path!r}: module '{module_name}' has no attribute '{attr}'") from None
+    obj = _import_attribute(path, "reference", "an import path as 'pkg.module:factory'")
     if inspect.isfunction(obj) or inspect.isclass(obj):
         obj = obj()
     return obj
@@ -62,17 +67,8 @@ def import_class(path: str, base: type, option: str) -> type:
 
     A recipe is data: its class paths may name only a class of the expected kind, which the caller
     then builds itself. Any other object (``tempfile:mkdtemp``, ``os:system``) is refused uncalled."""
-    module_name, sep, attr = path.partition(":")
     expected = f"{base.__module__}.{base.__qualname__}"
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{option}={path!r}: write a class path as 'pkg.module:ClassName' (a {expected} subclass)")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{option}={path!r}: cannot import '{module_name}' ({exc})") from None
-    obj = getattr(module, attr, None)
-    if obj is None:
-        raise ConfigError(f"{option}={path!r}: module '{module_name}' has no attribute '{attr}'")
+    obj = _import_attribute(path, option, f"a class path as 'pkg.module:ClassName' (a {expected} subclass)")
     if not (isinstance(obj, type) and issubclass(obj, base)):
         kind = f"class {obj.__qualname__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
         raise ConfigError(
