@@ -306,6 +306,14 @@ class Registry:
 
     def _kernel_registrar(self, info: PluginInfo) -> Callable[..., None]:
         def register(op: str, impl_name: str, fn: Callable[..., Any], priority: int = 0) -> None:
+            ops = builtin_kernel_ops()
+            if ops and op not in ops:  # kept (harmless), but reported: no op would ever dispatch to it
+                close = difflib.get_close_matches(op, ops, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"the ops are: {', '.join(ops)}"
+                self.errors.append(PluginError(info.name, (
+                    f"registers kernel '{impl_name}' for op '{op}', which no built-in op dispatches, so it is "
+                    f"never called: {hint}"
+                )))
             self.kernels.setdefault(op, []).append(KernelImpl(op, impl_name, fn, priority, info.name))
             info.kernels.append(f"{op}:{impl_name}")
 

@@ -80,6 +80,15 @@ def test_kernel_registrations_are_collected_per_op():
     assert reg.plugins["k"].kernels == ["rms_norm:fast"]
 
 
+def test_a_kernel_for_an_op_that_does_not_exist_is_reported_with_the_closest_op():
+    reg = Registry()
+    reg.add_plugin(plugin(leff_register_kernels=lambda register: register("rms_nrom", "fast", lambda x: x)), "k")
+    assert [e.message for e in reg.errors] == [
+        "registers kernel 'fast' for op 'rms_nrom', which no built-in op dispatches, so it is never called: "
+        "did you mean 'rms_norm'?"
+    ]
+
+
 def test_unknown_technique_error_lists_what_is_installed():
     reg = Registry()
     reg.add_plugin(plugin(leff_register_techniques=lambda register: register(Alpha)), "one")
