@@ -32,12 +32,30 @@ from lightning_eff.kernels.cross_entropy import (
     cross_entropy_forward_reference,
 )
 
+# A chunk's logits stay at most this fraction of the unfused [tokens x vocab] logits: the memory
+# claim (fused peak <= 1/4 of unfused) then holds whatever the other rules ask for.
+MAX_CHUNK_FRACTION = 8
+# Thinner chunks make thin GEMMs: on CPU 16-64 token chunks ran 1.3-5x slower than unfused
+# (benchmarks/fused_ce_chunking.py), 128-1024 within noise of it.
+MIN_CHUNK = 256
+
+
+def vocab_ratio_chunk_size(n_tokens: int, hidden_size: int, vocab_size: int) -> int:
+    """Liger Kernel's rule: a chunk of logits about as large as the hidden states, a power of two."""
+    ratio = max(1, math.ceil(vocab_size / max(hidden_size, 1)))
+    return next_power_of_2(math.ceil(n_tokens / ratio))
+
 
 def default_chunk_size(n_tokens: int, hidden_size: int, vocab_size: int) -> int:
-    """Tokens per chunk such that one chunk of logits is about as large as the hidden states
-    (Liger Kernel's rule), a power of two for GEMM-friendly shapes."""
-    ratio = max(1, math.ceil(vocab_size / max(hidden_size, 1)))
-    return max(1, min(next_power_of_2(math.ceil(n_tokens / ratio)), next_power_of_2(n_tokens)))
+    """Tokens per chunk: :func:`vocab_ratio_chunk_size`, raised to :data:`MIN_CHUNK` tokens so the
+    GEMMs stay wide, but never above ``n_tokens / MAX_CHUNK_FRACTION`` (rounded down to a power of
+    two), which bounds the memory."""
+    cap = _previous_power_of_2(max(1, n_tokens // MAX_CHUNK_FRACTION))
+    return min(max(vocab_ratio_chunk_size(n_tokens, hidden_size, vocab_size), MIN_CHUNK), cap)
+
+
+def _previous_power_of_2(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -104,8 +104,28 @@ def test_mismatched_shapes_and_dtypes_are_explained():
         fused_linear_cross_entropy(hidden.half(), weight, targets)
 
 
-def test_default_chunk_keeps_a_chunk_of_logits_about_as_large_as_the_hidden_states():
-    chunk = flce.default_chunk_size(n_tokens=4096, hidden_size=1024, vocab_size=32768)
-    assert chunk == 128 and chunk * 32768 == 4096 * 1024
-    assert flce.default_chunk_size(n_tokens=3, hidden_size=8, vocab_size=32768) == 1
-    assert flce.default_chunk_size(n_tokens=5, hidden_size=4096, vocab_size=1000) == 8
+def test_default_chunk_is_liger_s_where_that_is_wide_enough_and_small_enough():
+    # LLM shapes: a chunk of logits as large as the hidden states, as Liger Kernel chunks.
+    assert flce.default_chunk_size(8192, 4096, 32768) == flce.vocab_ratio_chunk_size(8192, 4096, 32768) == 1024
+    assert flce.default_chunk_size(8192, 4096, 131072) == 256
+
+
+def test_default_chunk_is_raised_to_a_wide_gemm_but_capped_by_the_memory_budget():
+    # Liger's rule gives 64 tokens here (thin GEMMs, 1.3-2x slower on CPU): raised to MIN_CHUNK.
+    assert flce.vocab_ratio_chunk_size(4096, 256, 32000) == 64
+    assert flce.default_chunk_size(4096, 256, 32000) == flce.MIN_CHUNK == 256
+    # ...but a chunk never holds more than 1/MAX_CHUNK_FRACTION of the logits.
+    assert flce.vocab_ratio_chunk_size(1024, 256, 32000) == 16
+    assert flce.default_chunk_size(1024, 256, 32000) == 1024 // flce.MAX_CHUNK_FRACTION == 128
+    assert flce.default_chunk_size(3, 8, 32768) == 1
+    assert flce.default_chunk_size(0, 8, 32768) == 1
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 100, 1000, 3000, 65536])
+@pytest.mark.parametrize("hidden_size, vocab", [(64, 50257), (4096, 32000), (8192, 1000)])
+def test_default_chunk_is_a_power_of_two_within_the_memory_budget(tokens, hidden_size, vocab):
+    chunk = flce.default_chunk_size(tokens, hidden_size, vocab)
+    assert chunk & (chunk - 1) == 0
+    assert chunk <= max(1, tokens / flce.MAX_CHUNK_FRACTION)
+    # never thinner than MIN_CHUNK unless the budget says so (its power of two is > half of it)
+    assert chunk >= min(flce.MIN_CHUNK, tokens / flce.MAX_CHUNK_FRACTION / 2)

@@ -42,20 +42,33 @@ def test_preexisting_inputs_are_not_counted():
     assert kernel_memory.peak_bytes(lambda: x.t().reshape(-1, 1024)[0], [x]) == 0
 
 
-@pytest.fixture
-def small_measurement(monkeypatch):
+# (tokens, hidden, vocab): the chunk is capped by the memory budget (tokens / 8) in the first shape
+# and raised to the GEMM floor (MIN_CHUNK, above Liger's rule) in the second.
+SHAPES = [(256, 32, 2048), (4096, 32, 2048)]
+
+
+@pytest.fixture(params=SHAPES, ids=["budget-capped chunk", "floor-raised chunk"])
+def small_measurement(request, monkeypatch):
     monkeypatch.delenv("LIGHTNING_EFF_KERNELS", raising=False)
-    result = kernel_memory.measure(tokens=256, hidden=32, vocab=2048)
+    result = kernel_memory.measure(*request.param)
     monkeypatch.delenv("LIGHTNING_EFF_KERNELS", raising=False)  # measure() forces the reference path
-    return result
+    return request.param, result
+
+
+def test_the_shapes_cover_both_limits_of_the_default_chunk():
+    chunks = [kernel_memory.flce.default_chunk_size(*shape) for shape in SHAPES]
+    assert chunks[0] == SHAPES[0][0] // kernel_memory.flce.MAX_CHUNK_FRACTION
+    assert chunks[1] == kernel_memory.flce.MIN_CHUNK > kernel_memory.flce.vocab_ratio_chunk_size(*SHAPES[1])
 
 
 def test_fused_training_peak_is_a_fraction_of_the_unfused_one(small_measurement):
-    logits_bytes = 256 * 2048 * 4
-    assert small_measurement["unfused training"] >= 2 * logits_bytes  # logits and their log-softmax
-    assert small_measurement["fused training"] < small_measurement["unfused training"] / 4
+    (tokens, _, vocab), result = small_measurement
+    assert result["unfused training"] >= 2 * tokens * vocab * 4  # logits and their log-softmax
+    assert result["fused training"] < result["unfused training"] / 4
 
 
 def test_fused_scoring_never_holds_the_logits(small_measurement):
-    assert small_measurement["fused scoring"] < 256 * 2048 * 4 / 4
-    assert small_measurement["fused scoring"] < small_measurement["unfused scoring"] / 4
+    (tokens, _, vocab), result = small_measurement
+    # at most one chunk's logits and their log-softmax (each <= 1/8 of the logits) and O(tokens)
+    assert result["fused scoring"] < tokens * vocab * 4 / 2
+    assert result["fused scoring"] < result["unfused scoring"] / 4
