@@ -67,7 +67,8 @@ def leff_register_kernels(register: Callable[..., None]) -> None:
     arguments as that public op and replaces it whole (forward and, through its own autograd,
     backward). An optional ``fn.supports(*args, **kwargs) -> bool`` declines inputs it does not
     handle. Dispatch picks the highest-priority implementation that accepts the inputs (see
-    ``docs/kernels.md``).
+    ``docs/kernels.md``). An ``op`` no built-in op dispatches (``lightning-eff plugins`` lists them
+    under "built-in kernels") is reported with the closest op name.
     """
 
 
