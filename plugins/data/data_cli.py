@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,9 @@ from lightning_eff.errors import LightningEffError
 from . import dedup as dedup_math
 from . import index_file, records, scoring, shingles, thresholds
 
+#: seconds between plain progress lines when stderr is not a terminal (a log, CI, a pipe)
+PROGRESS_EVERY_S = 5.0
+
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
@@ -31,20 +35,79 @@ def _errors() -> Iterator[None]:
         yield
     except (records.InputError, index_file.IndexFileError, LightningEffError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except RecursionError:  # json.loads recurses: a record nested thousands deep
+        raise click.ClickException(
+            "a record nests JSON too deeply to read; records are flat objects holding a text field"
+        ) from None
+    except OSError as exc:  # an unwritable or impossible output path, a vanished input
+        where = f": {exc.filename}" if exc.filename else ""
+        raise click.ClickException(f"{exc.strerror or exc}{where}: check that -o names a file in a folder you can write") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_output(output: Path, *inputs: Path | None) -> None:
+    """Before any work: refuse an output that would replace an input (``dedup X -o X`` used to
+    replace the corpus with an index) or that cannot be created."""
+    targets = [output, index_file.sidecar_path(output)] if output.suffix == ".npy" else [output]
+    for target in targets:
+        for source in inputs:
+            if source is not None and _same_file(target, source):
+                raise click.ClickException(
+                    f"output {target} is the input {source}: writing it would replace your data; choose another -o"
+                )
+    if output.is_dir():
+        raise click.ClickException(f"output {output} is a folder; give a file name (-o {output / 'out.json'})")
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise click.ClickException(f"cannot create the output {output}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise click.ClickException(f"cannot write the output {output}: no permission to write in {folder}; choose another -o")
+
+
+@contextlib.contextmanager
+def _progress_lines(total: float, desc: str) -> Iterator[Any]:
+    """A plain progress line on stderr every PROGRESS_EVERY_S seconds (no bar: not a terminal)."""
+    start = last = time.monotonic()
+    done = 0.0
+
+    def tick(n: float = 1) -> None:
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S:
+            last = now
+            share = f" ({100 * done / total:.0f}%)" if total else ""
+            click.echo(f"{desc}: {done:.0f}/{total:.0f}{share}, {now - start:.0f} s", err=True)
+
+    yield tick
 
 
 @contextlib.contextmanager
 def _bar(show: bool | None, total: float, desc: str) -> Iterator[Any]:
+    """A tqdm bar on a terminal (or with --progress); otherwise, unless --no-progress, progress lines
+    every few seconds, so that a long run in a log or CI is never silent."""
     from tqdm import tqdm
 
-    show = sys.stderr.isatty() if show is None else show
+    if show is None and not sys.stderr.isatty():
+        with _progress_lines(total, desc) as tick:
+            yield tick
+        return
     with tqdm(total=total, desc=desc, disable=not show, file=sys.stderr, leave=False) as bar:
         yield bar.update
 
 
 def _progress_option(f):
     return click.option(
-        "--progress/--no-progress", default=None, help="Progress bars on stderr (default: when it is a terminal)."
+        "--progress/--no-progress", default=None,
+        help="Progress bars on stderr (default: a bar on a terminal, else a line every few seconds).",
     )(f)
 
 
@@ -75,6 +138,7 @@ def data() -> None:
 def score(input_path, output, text_field, prompt_field, response_field, ifd, model_spec, train_steps, hidden, max_len, batch_size, seed, progress):
     """Per-sample perplexity (and IFD) of INPUT (JSONL) with a small reference LM."""
     with _errors():
+        _check_output(output, input_path)
         rows = records.read_jsonl(input_path)
         has_pairs = all(isinstance(r.get(prompt_field), str) and isinstance(r.get(response_field), str) for r in rows)
         if ifd and not has_pairs:
@@ -127,6 +191,7 @@ def score(input_path, output, text_field, prompt_field, response_field, ifd, mod
 def dedup_command(input_path, output, text_field, method, threshold, num_perm, ngram, unit, seed, progress):
     """Remove exact and near-duplicate samples of INPUT (JSONL); keep the first of each cluster."""
     with _errors():
+        _check_output(output, input_path)
         texts = records.field_values(records.read_jsonl(input_path), text_field, input_path)
         keys = [shingles.exact_key(t) for t in texts]
         sets = None
@@ -163,6 +228,7 @@ def dedup_command(input_path, output, text_field, method, threshold, num_perm, n
 def filter_command(scores_path, output, key, min_score, max_score, min_quantile, max_quantile, within):
     """Keep the samples whose SCORES (from `data score`) lie within the given bounds."""
     with _errors():
+        _check_output(output, scores_path, within)
         if min_score is None and max_score is None and min_quantile is None and max_quantile is None:
             raise click.UsageError("give at least one of --min, --max, --min-quantile, --max-quantile")
         all_scores, score_meta = index_file.read_scores(scores_path)

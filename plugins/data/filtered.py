@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from .index_file import IndexFileError, read_index
+from .index_file import IndexFileError, check_indices, read_index
 
 
 class IndexFilteredDataset(Dataset):
@@ -25,17 +25,21 @@ class IndexFilteredDataset(Dataset):
     sequence of indices."""
 
     def __init__(self, dataset: Any, index: str | os.PathLike | Sequence[int]) -> None:
+        n = len(dataset)
         if isinstance(index, (str, os.PathLike)):
             kept, total, self.meta = read_index(index)
             source = os.fspath(index)
+            if total is not None and total != n:
+                raise IndexFileError(
+                    f"{source} was written for {total} samples but the dataset has {n}: "
+                    "filter the same data the dataset is built from"
+                )
         else:
-            kept, total, self.meta, source = [int(i) for i in index], None, {}, "the index"
-        n = len(dataset)
-        if total is not None and total != n:
-            raise IndexFileError(
-                f"{source} was written for {total} samples but the dataset has {n}: "
-                "filter the same data the dataset is built from"
-            )
+            if isinstance(index, (bytes, dict)) or not hasattr(index, "__iter__"):
+                raise IndexFileError(f"index must be an index file's path or a sequence of ints, got {type(index).__name__}")
+            values = index.tolist() if hasattr(index, "tolist") else list(index)  # numpy arrays, tensors
+            # the same checks as a file's: whole numbers (not floats, bools, strings), distinct, in range
+            kept, self.meta, source = check_indices(values, n, "the index"), {}, "the index"
         bad = [i for i in kept if not 0 <= i < n]
         if bad:
             raise IndexFileError(f"{source} holds indices outside [0, {n}): {bad[:5]}")

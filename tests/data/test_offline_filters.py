@@ -4,6 +4,8 @@ data-module wrapper, and `lightning-eff data score|dedup|filter` through click's
 import json
 import math
 import os
+import re
+from pathlib import Path
 
 import click
 import numpy as np
@@ -271,3 +273,199 @@ def test_read_jsonl_skips_blank_lines():
         os.unlink(f.name)
     with pytest.raises(InputError):
         read_jsonl(os.devnull)
+
+
+# --- issue 15: bad paths, bad files and long runs -------------------------------------------------
+
+
+def _corpus(tmp_path, n=6):
+    return write_jsonl(tmp_path / "in.jsonl", [{"text": f"sample number {i} " * 5} for i in range(n)])
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npy"])
+def test_dedup_refuses_an_output_that_is_its_input(cli, tmp_path, suffix):
+    src = _corpus(tmp_path)
+    before = src.read_bytes()
+    target = src if suffix == ".json" else tmp_path / "in.jsonl.npy"
+    if suffix == ".npy":  # the sidecar of in.jsonl.npy would be in.jsonl.npy.meta.json: aim it at the input
+        target = tmp_path / "c.npy"
+        src = tmp_path / "c.npy.meta.json"
+        src.write_bytes(before)
+    result = CliRunner().invoke(cli, ["data", "dedup", str(src), "-o", str(target), "--method", "exact"])
+    assert result.exit_code == 1 and "would replace your data; choose another -o" in result.output, result.output
+    assert src.read_bytes() == before
+
+
+def test_filter_refuses_an_output_that_is_one_of_its_inputs(cli, tmp_path):
+    scores = tmp_path / "s.json"
+    index_file.write_scores(scores, {"perplexity": [1.0, 2.0, 3.0]}, {})
+    within = tmp_path / "w.json"
+    index_file.write_index(within, [0, 1], 3, {})
+    for out in (scores, within):
+        before = out.read_bytes()
+        result = CliRunner().invoke(cli, ["data", "filter", str(scores), "--within", str(within), "-o", str(out), "--max", "2"])
+        assert result.exit_code == 1 and "is the input" in result.output, result.output
+        assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["file_as_folder", "folder", "long_name", "proc"])
+def test_impossible_output_paths_are_clean_errors(cli, tmp_path, where):
+    src = _corpus(tmp_path)
+    out = {
+        "file_as_folder": src / "sub" / "out.json",
+        "folder": tmp_path,
+        "long_name": tmp_path / ("x" * 300 + ".json"),
+        "proc": Path("/proc/leff-no-such-folder/out.json"),
+    }[where]
+    result = CliRunner().invoke(cli, ["data", "dedup", str(src), "-o", str(out), "--method", "exact"])
+    assert result.exit_code in (1, 2), result.output  # 2: click's own usage error (a folder)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output and len(result.output) < 600
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
+
+
+def test_an_unwritable_folder_is_refused_before_any_work(cli, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    src = _corpus(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = CliRunner().invoke(cli, ["data", "score", str(src), "-o", str(locked / "s.json")])
+    assert result.exit_code == 1 and "no permission to write" in result.output
+
+
+def test_deeply_nested_json_lines_are_a_clean_error(cli, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a"}\n' + '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    for command in (["dedup"], ["score", "--train-steps", "1"]):
+        result = CliRunner().invoke(cli, ["data", *command, str(src), "-o", str(tmp_path / "o.json")])
+        assert result.exit_code == 1 and "nests JSON too deeply" in result.output, result.output
+    with pytest.raises(index_file.IndexFileError, match="unreadable"):
+        (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+        index_file.read_index(tmp_path / "deep.json")
+
+
+def test_a_failed_write_removes_its_temporary_file_and_the_folders_it_made(tmp_path):
+    def broken(tmp):
+        with open(tmp, "w") as f:
+            f.write("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        index_file.atomic_write(tmp_path / "a" / "b" / "out.json", broken)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_npy_index_and_its_sidecar_must_belong_together(tmp_path, monkeypatch):
+    path = tmp_path / "kept.npy"
+    index_file.write_index(path, [0, 1, 2], 10, {"run": 1})
+    old_sidecar = index_file.sidecar_path(path).read_bytes()
+    index_file.write_index(path, [5, 6], 10, {"run": 2})
+    assert index_file.read_index(path)[0] == [5, 6]
+    index_file.sidecar_path(path).write_bytes(old_sidecar)  # as if the second sidecar rename never happened
+    with pytest.raises(index_file.IndexFileError, match="does not match its sidecar"):
+        index_file.read_index(path)
+
+    def crash(*args, **kwargs):  # a failure between the two renames
+        raise OSError("killed")
+
+    index_file.write_index(path, [1], 10, {})
+    monkeypatch.setattr(index_file, "_write_json", crash)
+    with pytest.raises(OSError):
+        index_file.write_index(path, [2, 3], 10, {})
+    monkeypatch.undo()
+    with pytest.raises(index_file.IndexFileError, match="does not match its sidecar"):
+        index_file.read_index(path)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def _npy(tmp_path, array, sidecar=True):
+    path = tmp_path / "i.npy"
+    np.save(path, array)
+    if sidecar:
+        index_file.sidecar_path(path).write_text(json.dumps({"format": index_file.INDEX_FORMAT, "total": 10, "meta": {}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "kept, total, message",
+    [
+        (["1", "2"], 10, "entry 0 of the kept indices is 1 (str)"),
+        ([1.5], 10, "entry 0 of the kept indices is 1.5 (float)"),
+        ([True], 10, "(bool)"),
+        ([1, 1], 10, "index 1 appears twice"),
+        ([-1], 10, "lies outside [0, 10)"),
+        ([12], 10, "lies outside [0, 10)"),
+        ([1], "10", "'total' is 10, not a sample count"),
+        ([1], None, "'total' is None, not a sample count"),
+    ],
+)
+def test_a_json_index_is_checked_when_read(tmp_path, kept, total, message):
+    path = tmp_path / "i.json"
+    path.write_text(json.dumps({"format": index_file.INDEX_FORMAT, "total": total, "kept": kept, "meta": {}}))
+    with pytest.raises(index_file.IndexFileError, match=re.escape(message)):
+        index_file.read_index(path)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"kept"', "null", "{", '{"format": "lightning-eff-index/1", "kept": 3}'])
+def test_a_file_that_is_not_an_index_is_named(tmp_path, content):
+    path = tmp_path / "i.json"
+    path.write_text(content)
+    with pytest.raises(index_file.IndexFileError, match="not a lightning-eff index file|unreadable"):
+        index_file.read_index(path)
+
+
+@pytest.mark.parametrize(
+    "array, sidecar, message",
+    [
+        (np.zeros((2, 2), dtype=np.int64), True, "a 2-D array of shape (2, 2); an index is 1-D"),
+        (np.array([0.5, 1.0]), True, "holds float64 values; indices are integers"),
+        (np.array([True, False]), True, "holds bool values"),
+        (np.array([1, 1]), True, "index 1 appears twice"),
+        (np.array([1, 2]), False, "has no sidecar i.npy.meta.json"),
+    ],
+)
+def test_an_npy_index_is_checked_when_read(tmp_path, array, sidecar, message):
+    with pytest.raises(index_file.IndexFileError, match=re.escape(message)):
+        index_file.read_index(_npy(tmp_path, array, sidecar))
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ([1, 2], "not a lightning-eff scores file"),
+        ({"format": index_file.SCORES_FORMAT, "total": 2}, "'scores' must map each kind"),
+        ({"format": index_file.SCORES_FORMAT, "total": 2, "scores": {"perplexity": 3}}, "are a int, not a list"),
+        ({"format": index_file.SCORES_FORMAT, "total": 2, "scores": {"perplexity": [1.0, "x"]}}, "score 1 is x (str)"),
+        ({"format": index_file.SCORES_FORMAT, "total": 2, "scores": {"perplexity": [1.0, True]}}, "(bool)"),
+        ({"format": index_file.SCORES_FORMAT, "total": 3, "scores": {"perplexity": [1.0, 2.0]}}, "2 'perplexity' scores for 3"),
+        ({"format": index_file.SCORES_FORMAT, "total": 1, "scores": {"perplexity": [1.0]}, "meta": [1]}, "'meta' is a list"),
+    ],
+)
+def test_a_scores_file_is_checked_when_read(tmp_path, payload, message):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(index_file.IndexFileError, match=re.escape(message)):
+        index_file.read_scores(path)
+
+
+def test_indices_given_in_python_follow_the_same_rules():
+    dataset = TinyDataModule().train_dataloader().dataset
+    assert len(IndexFilteredDataset(dataset, np.array([3, 1]))) == 2
+    for bad, message in (([1.7], "(float)"), ([True], "(bool)"), ([2, 2], "appears twice"), (None, "got NoneType")):
+        with pytest.raises(index_file.IndexFileError, match=re.escape(message)):
+            IndexFilteredDataset(dataset, bad)
+
+
+def test_score_prints_progress_lines_when_stderr_is_not_a_terminal(cli, tmp_path, monkeypatch):
+    from lightning_eff.plugins.data import data_cli
+
+    monkeypatch.setattr(data_cli, "PROGRESS_EVERY_S", 0.0)
+    src = _corpus(tmp_path, 4)
+    args = ["data", "score", str(src), "-o", str(tmp_path / "s.json"), "--train-steps", "3", "--hidden", "16", "--max-len", "16"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "training the reference LM: 3/3 (100%)" in result.stderr and "perplexity: 4/4 (100%)" in result.stderr
+    assert "training the reference LM" not in result.stdout
+    result = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert result.exit_code == 0 and result.stderr == ""
