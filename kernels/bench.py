@@ -1,7 +1,7 @@
 """Kernel benchmark: correctness at real sizes, then time per implementation, against ceilings
 measured in the same run.
 
-    python -m lightning_eff.kernels.bench [--out results.csv] [--repeats 20]
+    python -m lightning_eff.kernels.bench [--out results.csv] [--repeats 20] [--only OP_PREFIX ...]
 
 On a GPU, every case is first checked against its float64 reference, then timed (median of
 ``--repeats`` CUDA-event timings after warm-up; inputs are larger than the 50 MB L2 of an H100, so
@@ -9,8 +9,11 @@ each run streams from HBM) for: ``lightning_eff`` (the Triton path), ``reference
 reference, i.e. the CPU production path run on the GPU), ``torch.compile(reference)``,
 ``torch`` (the stock PyTorch op where there is one) and ``liger`` (Liger Kernel, when it imports).
 Memory-bound ops report GB/s as a percentage of the measured copy bandwidth, GEMM-bound ones
-TFLOP/s of the measured bf16 GEMM rate. The CSV has one row per (op, impl), with peak memory,
-date, device and versions; commit it under ``docs/benchmarks/``.
+TFLOP/s of the measured bf16 GEMM rate (both ceilings are rows of the CSV too). The CSV has one row
+per (op, impl), with peak memory, date, device and versions, written as each row is measured (a run
+stopped by a time guard keeps what it measured); commit it under ``docs/benchmarks/``. ``--only``
+keeps the cases whose op starts with one of the prefixes (``benchmarks/gpu/run.sh`` runs one group
+of ops per process).
 
 Without CUDA it checks correctness only, at small sizes, through Triton's interpreter (re-running
 itself with ``TRITON_INTERPRET=1`` when needed), and says that timings need a GPU.
@@ -27,7 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,14 +130,14 @@ def cross_entropy_case(rows: int, classes: int, dtype: torch.dtype, device: str,
     )
 
 
-def norm_case(name: str, rows: int, cols: int, dtype: torch.dtype, device: str) -> Case:
+def norm_case(name: str, rows: int, cols: int, dtype: torch.dtype, device: str, backward: bool = True) -> Case:
     center = name == "layer_norm"
     eps = 1e-5 if center else 1e-6
 
     def make():
-        x = torch.randn(rows, cols, device=device).to(dtype).requires_grad_(True)
-        w = torch.randn(cols, device=device).to(dtype).requires_grad_(True)
-        b = torch.randn(cols, device=device).to(dtype).requires_grad_(True) if center else None
+        x = torch.randn(rows, cols, device=device).to(dtype).requires_grad_(backward)
+        w = torch.randn(cols, device=device).to(dtype).requires_grad_(backward)
+        b = torch.randn(cols, device=device).to(dtype).requires_grad_(backward) if center else None
         return x, w, b, torch.randn(rows, cols, device=device).to(dtype)
 
     def params(x, w, b):
@@ -142,57 +145,68 @@ def norm_case(name: str, rows: int, cols: int, dtype: torch.dtype, device: str) 
 
     def ours(x, w, b, dy):
         y = layer_norm(x, w, b, eps) if center else rms_norm(x, w, eps)
-        return (y, *_grad(y, params(x, w, b), dy))
+        return (y, *_grad(y, params(x, w, b), dy)) if backward else (y,)
 
     def reference(x, w, b):
         return norm_forward_reference(x, w, b, eps, center)[0]
 
     def expected(x, w, b, dy):
+        y = kt.float64_reference(reference, x, w, b)
+        if not backward:
+            return (y,)
         wrt = [0, 1, 2] if center else [0, 1]
-        return (kt.float64_reference(reference, x, w, b), *kt.float64_gradients(reference, [x, w, b], [dy], wrt=wrt))
+        return (y, *kt.float64_gradients(reference, [x, w, b], [dy], wrt=wrt))
 
     def torch_op(x, w, b, dy):
         y = F.layer_norm(x, (cols,), w, b, eps) if center else F.rms_norm(x, (cols,), w, eps)
-        return _grad(y, params(x, w, b), dy)
+        return _grad(y, params(x, w, b), dy) if backward else y
 
     def fp32_formula(x, w, b, dy):
-        return _grad(reference(x, w, b), params(x, w, b), dy)
+        y = reference(x, w, b)
+        return _grad(y, params(x, w, b), dy) if backward else y
 
     baselines = _baselines(device, {"torch": torch_op, "torch.compile(reference)": fp32_formula})
     liger = _liger(device, "LigerLayerNorm" if center else "LigerRMSNorm", cols, eps=eps)
     if liger is not None:
         liger = liger.to(device=device, dtype=dtype)
-        baselines["liger"] = lambda x, w, b, dy: _grad(liger(x), [x, *liger.parameters()], dy)
+        baselines["liger"] = lambda x, w, b, dy: (_grad(liger(x), [x, *liger.parameters()], dy) if backward else liger(x))
     element = torch.finfo(dtype).bits // 8
-    return Case(name + "+backward", f"{rows}x{cols}", dtype, make, ours, expected,
-                bytes_moved=5 * rows * cols * element, baselines=baselines)  # fwd: x, y; bwd: x, dy, dx
+    # forward reads x, writes y; the backward reads x and dy, writes dx
+    return Case(name + ("+backward" if backward else ""), f"{rows}x{cols}", dtype, make, ours, expected,
+                bytes_moved=(5 if backward else 2) * rows * cols * element, baselines=baselines)
 
 
-def fused_linear_case(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, device: str) -> Case:
+def fused_linear_case(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, device: str, backward: bool = True) -> Case:
+    """Training (forward + backward) or, with ``backward=False``, scoring under ``no_grad``."""
+
     def make():
-        h = (torch.randn(tokens, hidden, device=device)).to(dtype).requires_grad_(True)
-        w = (torch.randn(vocab, hidden, device=device) / hidden**0.5).to(dtype).requires_grad_(True)
+        h = (torch.randn(tokens, hidden, device=device)).to(dtype).requires_grad_(backward)
+        w = (torch.randn(vocab, hidden, device=device) / hidden**0.5).to(dtype).requires_grad_(backward)
         t = torch.randint(0, vocab, (tokens,), device=device)
         return h, w, t, torch.randn(tokens, device=device)
 
     def ours(h, w, t, g):
         loss = flce.fused_linear_cross_entropy(h, w, t)
-        return (loss, *_grad(loss, [h, w], g))
+        return (loss, *_grad(loss, [h, w], g)) if backward else (loss,)
 
     def expected(h, w, t, g):
         ref = lambda h, w: flce.fused_linear_cross_entropy_reference(h, w, t)
-        return (kt.float64_reference(ref, h, w), *kt.float64_gradients(ref, [h, w], [g], wrt=[0, 1]))
+        loss = kt.float64_reference(ref, h, w)
+        return (loss, *kt.float64_gradients(ref, [h, w], [g], wrt=[0, 1])) if backward else (loss,)
 
     def unfused(h, w, t, g):
-        return _grad(F.cross_entropy((h @ w.T).float(), t, reduction="none"), [h, w], g)
+        loss = F.cross_entropy((h @ w.T).float(), t, reduction="none")
+        return _grad(loss, [h, w], g) if backward else loss
 
     baselines = _baselines(device, {"torch (unfused)": unfused, "torch.compile(unfused)": unfused})
     liger = _liger(device, "LigerFusedLinearCrossEntropyLoss", reduction="sum")  # its backward assumes a scalar
     if liger is not None:
-        baselines["liger (sum)"] = lambda h, w, t, g: torch.autograd.grad(liger(w, h, t), [h, w])
+        baselines["liger (sum)"] = lambda h, w, t, g: (torch.autograd.grad(liger(w, h, t), [h, w]) if backward
+                                                       else liger(w, h, t))
     # 6 N H V: the model FLOPs of forward + backward (ours spends 8 N H V: it recomputes the logits).
-    return Case("fused_linear_cross_entropy+backward", f"{tokens}x{hidden}->{vocab}", dtype, make, ours, expected,
-                flops=6 * tokens * hidden * vocab, baselines=baselines)
+    return Case("fused_linear_cross_entropy" + ("+backward" if backward else ""), f"{tokens}x{hidden}->{vocab}",
+                dtype, make, ours, expected, flops=(6 if backward else 2) * tokens * hidden * vocab,
+                baselines=baselines)
 
 
 def moe_routing_case(tokens: int, experts: int, top_k: int, device: str) -> Case:
@@ -241,10 +255,31 @@ def moe_grouped_case(tokens: int, hidden: int, ff: int, experts: int, top_k: int
     def loop(x, wg, wu, wd, w, chosen, offsets, permutation, dy):
         return _grad(gg.moe_swiglu_loop_reference(x, wg, wu, wd, w, chosen), [x, wg, wu, wd, w], dy)
 
-    baselines = _baselines(device, {"torch (loop over experts)": loop})
+    def grouped_mm(x, wg, wu, wd, w, chosen, offsets, permutation, dy):
+        return _grad(grouped_mm_swiglu(x, wg, wu, wd, w, offsets, permutation), [x, wg, wu, wd, w], dy)
+
+    fns = {"torch (loop over experts)": loop}
+    if hasattr(torch, "_grouped_mm"):
+        fns["torch._grouped_mm"] = grouped_mm
+    baselines = _baselines(device, fns)
     # 3 GEMMs of 2 * slots * hidden * ff FLOPs forward, twice that backward
     return Case("moe_grouped_swiglu+backward", f"{tokens}x{hidden}->{ff} E={experts} k={top_k}", dtype, make, ours,
                 expected, flops=18 * tokens * top_k * hidden * ff, baselines=baselines)
+
+
+def grouped_mm_swiglu(x: Tensor, wg: Tensor, wu: Tensor, wd: Tensor, weights: Tensor, offsets: Tensor,
+                      permutation: Tensor) -> Tensor:
+    """``moe_grouped_swiglu`` written with PyTorch's grouped GEMM (``torch._grouped_mm``), the
+    stock-PyTorch baseline for the grouped kernel: gather, three grouped GEMMs, weighted scatter-add."""
+    top_k = weights.shape[1]
+    kept = permutation[: int(offsets[-1])]
+    rows = x[kept // top_k]
+    ends = offsets[1:].to(torch.int32)  # _grouped_mm takes each group's end row
+    gate = torch._grouped_mm(rows, wg.transpose(-2, -1), offs=ends)
+    up = torch._grouped_mm(rows, wu.transpose(-2, -1), offs=ends)
+    y = torch._grouped_mm(F.silu(gate) * up, wd.transpose(-2, -1), offs=ends)
+    y = y.float() * weights.reshape(-1)[kept, None]
+    return torch.zeros(x.shape, dtype=torch.float32, device=x.device).index_add(0, kept // top_k, y).to(x.dtype)
 
 
 def fp8_cast_case(rows: int, cols: int, granularity: str, device: str) -> Case:
@@ -259,8 +294,8 @@ def fp8_cast_case(rows: int, cols: int, granularity: str, device: str) -> Case:
         y, scale = f8.fp8_cast_reference(x, granularity, torch.float8_e4m3fn)
         return y.float(), scale.float().reshape(-1)
 
-    baselines = _baselines(device, {"reference (amax + scale + cast)": lambda x: f8.fp8_cast_reference(
-        x, granularity, torch.float8_e4m3fn)})
+    reference = lambda x: f8.fp8_cast_reference(x, granularity, torch.float8_e4m3fn)
+    baselines = _baselines(device, {"reference (amax + scale + cast)": reference, "torch.compile(reference)": reference})
     return Case(f"fp8_cast ({granularity})", f"{rows}x{cols}", torch.float32, make, ours, expected,
                 bytes_moved=rows * cols * (4 + 1), baselines=baselines)
 
@@ -279,22 +314,29 @@ def nm_mask_decay_case(rows: int, cols: int, n: int, m: int, dtype: torch.dtype,
         keep, grad = nm.nm_mask_decay_reference(w.double(), g.double(), n, m, decay)
         return keep.float(), grad
 
-    baselines = _baselines(device, {"reference (topk + where)": lambda w, g: nm.nm_mask_decay_reference(w, g, n, m, decay)})
+    reference = lambda w, g: nm.nm_mask_decay_reference(w, g, n, m, decay)
+    baselines = _baselines(device, {"reference (topk + where)": reference, "torch.compile(reference)": reference})
     size = rows * cols * torch.tensor([], dtype=dtype).element_size()
     return Case(f"nm_mask_decay ({n}:{m})", f"{rows}x{cols}", dtype, make, ours, expected,
                 bytes_moved=3 * size + rows * cols, baselines=baselines)
 
 
 def gpu_cases() -> list[Case]:
-    # Every input is larger than an H100's 50 MB L2.
+    # LLM shapes (8k-16k tokens, hidden 4096, vocab 32k / 128k); every input is larger than an
+    # H100's 50 MB L2.
     bf16 = torch.bfloat16
     return [
         cross_entropy_case(8192, 32768, bf16, "cuda", backward=False),
         cross_entropy_case(8192, 32768, bf16, "cuda", backward=True),
-        cross_entropy_case(4096, 131072, bf16, "cuda", backward=True),
+        cross_entropy_case(8192, 131072, bf16, "cuda", backward=False),
+        cross_entropy_case(8192, 131072, bf16, "cuda", backward=True),
+        norm_case("rms_norm", 16384, 4096, bf16, "cuda", backward=False),
         norm_case("rms_norm", 16384, 4096, bf16, "cuda"),
+        norm_case("layer_norm", 16384, 4096, bf16, "cuda", backward=False),
         norm_case("layer_norm", 16384, 4096, bf16, "cuda"),
         fused_linear_case(8192, 4096, 32768, bf16, "cuda"),
+        fused_linear_case(8192, 4096, 131072, bf16, "cuda"),
+        fused_linear_case(8192, 4096, 131072, bf16, "cuda", backward=False),
         moe_routing_case(65536, 64, 4, "cuda"),
         moe_grouped_case(8192, 2048, 8192, 8, 2, bf16, "cuda"),
         fp8_cast_case(16384, 8192, "tensorwise", "cuda"),
@@ -310,7 +352,9 @@ def cpu_cases() -> list[Case]:
         cross_entropy_case(8, 300, torch.bfloat16, "cpu", backward=True),
         norm_case("rms_norm", 20, 257, torch.float16, "cpu"),
         norm_case("layer_norm", 20, 257, torch.float16, "cpu"),
+        norm_case("rms_norm", 20, 257, torch.float16, "cpu", backward=False),
         fused_linear_case(24, 64, 300, torch.float32, "cpu"),
+        fused_linear_case(24, 64, 300, torch.float32, "cpu", backward=False),
         moe_routing_case(300, 6, 2, "cpu"),
         moe_grouped_case(20, 32, 48, 4, 2, torch.float32, "cpu"),
         fp8_cast_case(9, 130, "tensorwise", "cpu"),
@@ -389,11 +433,23 @@ def _versions() -> dict[str, str]:
     return {"date": dt.date.today().isoformat(), "device": device, "torch": torch.__version__, "triton": triton_version}
 
 
-def run_gpu(repeats: int) -> list[dict[str, Any]]:
+def ceiling_rows(limits: dict[str, float]) -> list[dict[str, Any]]:
+    what = {"GB/s": ("ceiling: copy bandwidth", "512 MiB", "uint8"), "TFLOP/s": ("ceiling: dense GEMM", "8192^3", "bfloat16")}
+    return [{"op": what[unit][0], "shape": what[unit][1], "dtype": what[unit][2], "impl": "torch",
+             "throughput": f"{amount:.1f}", "unit": unit, "pct_of_ceiling": "100.0", "status": "ok"}
+            for unit, amount in limits.items()]
+
+
+def selected(cases: list[Case], only: list[str] | None) -> list[Case]:
+    """The cases whose op starts with one of the prefixes (all of them without ``only``)."""
+    return [c for c in cases if not only or any(c.op.startswith(prefix) for prefix in only)]
+
+
+def run_gpu(repeats: int, only: list[str] | None = None) -> Iterator[dict[str, Any]]:
     limits = ceilings(repeats)
     print(f"ceilings: copy {limits['GB/s']:.0f} GB/s, bf16 GEMM {limits['TFLOP/s']:.0f} TFLOP/s")
-    rows = []
-    for case in gpu_cases():
+    yield from ceiling_rows(limits)
+    for case in selected(gpu_cases(), only):
         error, status = check(case, "triton")
         impls: dict[str, Callable[..., Any]] = {
             "lightning_eff": lambda *a, c=case: _forced(c.run, "triton", *a),
@@ -416,10 +472,9 @@ def run_gpu(repeats: int) -> list[dict[str, Any]]:
             finally:
                 inputs = None
                 torch.cuda.empty_cache()
-            rows.append(row)
             print(f"{case.op:40s} {case.shape:>18s} {impl:26s} {row.get('ms', '-'):>10s} ms "
-                  f"{row.get('pct_of_ceiling', '-'):>6s} % {row['status'][:60]}")
-    return rows
+                  f"{row.get('pct_of_ceiling', '-'):>6s} % {row['status'][:60]}", flush=True)
+            yield row
 
 
 def _forced(fn: Callable[..., Any], backend: str, *args: Any) -> Any:
@@ -427,40 +482,43 @@ def _forced(fn: Callable[..., Any], backend: str, *args: Any) -> Any:
         return fn(*args)
 
 
-def run_cpu() -> list[dict[str, Any]]:
+def run_cpu(only: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Correctness of the Triton path (interpreter) and the reference at small sizes; no timings."""
     backends = ["triton", "torch"] if _dispatch.INTERPRETED else ["torch"]
-    rows = []
-    for case in cpu_cases():
+    for case in selected(cpu_cases(), only):
         for backend in backends:
             error, status = check(case, backend)
             impl = "lightning_eff (interpreter)" if backend == "triton" else "reference"
-            rows.append({"op": case.op, "shape": case.shape, "dtype": str(case.dtype).removeprefix("torch."),
-                         "impl": impl, "max_rel_error": f"{error:.3g}", "status": status})
-            print(f"{case.op:40s} {case.shape:>12s} {impl:28s} max rel error {error:.2g}  {status[:80]}")
+            print(f"{case.op:40s} {case.shape:>12s} {impl:28s} max rel error {error:.2g}  {status[:80]}", flush=True)
+            yield {"op": case.op, "shape": case.shape, "dtype": str(case.dtype).removeprefix("torch."),
+                   "impl": impl, "max_rel_error": f"{error:.3g}", "status": status}
     print("timings need a GPU: this run checked correctness only (no CUDA device)")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightning_eff.kernels.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the results to this CSV file")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per implementation (GPU)")
+    parser.add_argument("--only", nargs="+", metavar="OP_PREFIX", help="only the ops starting with these")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and _dispatch.triton is not None and not _dispatch.INTERPRETED:
         # Kernels are interpreted only if TRITON_INTERPRET was set before they were defined.
         env = {**os.environ, _dispatch.INTERPRET_ENV: "1"}
         return subprocess.call([sys.executable, "-m", "lightning_eff.kernels.bench", *(argv or sys.argv[1:])], env=env)
-    rows = run_gpu(args.repeats) if torch.cuda.is_available() else run_cpu()
+    rows = run_gpu(args.repeats, args.only) if torch.cuda.is_available() else run_cpu(args.only)
     stamp = _versions()
-    rows = [{**stamp, **row} for row in rows]
+    failed = written = 0
+    with open(args.out or os.devnull, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**stamp, **row})
+            f.flush()  # a run killed by a time guard keeps the rows measured so far
+            failed += row.get("status", "").startswith("FAIL")
+            written += 1
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {len(rows)} rows to {args.out}")
-    return 1 if any(row.get("status", "").startswith("FAIL") for row in rows) else 0
+        print(f"wrote {written} rows to {args.out}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ def test_cpu_mode_checks_every_op_and_writes_a_csv(tmp_path, capsys):
     assert bench.main(["--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert {r["op"] for r in rows} == {
-        "per_sample_cross_entropy+backward", "rms_norm+backward", "layer_norm+backward",
-        "fused_linear_cross_entropy+backward", "moe_topk_routing", "moe_grouped_swiglu+backward",
+        "per_sample_cross_entropy+backward", "rms_norm+backward", "layer_norm+backward", "rms_norm",
+        "fused_linear_cross_entropy+backward", "fused_linear_cross_entropy", "moe_topk_routing", "moe_grouped_swiglu+backward",
         "fp8_cast (tensorwise)", "fp8_cast (rowwise)", "nm_mask_decay (2:4)",
     }
     assert all(r["status"] == "ok" and float(r["max_rel_error"]) < 0.02 for r in rows)
@@ -35,3 +35,32 @@ def test_a_wrong_kernel_fails_the_run(monkeypatch, tmp_path):
     out = tmp_path / "kernels.csv"
     assert bench.main(["--out", str(out)]) == 1
     assert all(r["status"].startswith("FAIL") for r in csv.DictReader(out.open()))
+
+
+def test_only_runs_the_ops_with_those_prefixes(tmp_path):
+    out = tmp_path / "norms.csv"
+    assert bench.main(["--out", str(out), "--only", "rms_norm", "layer_norm"]) == 0
+    assert {r["op"] for r in csv.DictReader(out.open())} == {"rms_norm+backward", "rms_norm", "layer_norm+backward"}
+
+
+def test_rows_reach_the_csv_as_they_are_measured(monkeypatch, tmp_path):
+    out = tmp_path / "partial.csv"
+    measured = []
+
+    def rows(only):
+        yield {"op": "first", "status": "ok"}
+        measured.extend(r["op"] for r in csv.DictReader(out.open()))  # what a killed run would leave
+        yield {"op": "second", "status": "ok"}
+
+    monkeypatch.setattr(bench, "run_cpu", rows)
+    assert bench.main(["--out", str(out)]) == 0
+    assert measured == ["first"]
+
+
+def test_the_grouped_mm_baseline_computes_the_same_moe_swiglu():
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no _grouped_mm")
+    case = bench.moe_grouped_case(20, 32, 48, 4, 2, torch.float32, "cpu")
+    x, wg, wu, wd, w, chosen, offsets, permutation, _ = case.make()
+    expected = bench.gg.moe_swiglu_loop_reference(x, wg, wu, wd, w, chosen)
+    torch.testing.assert_close(bench.grouped_mm_swiglu(x, wg, wu, wd, w, offsets, permutation), expected)
