@@ -73,7 +73,7 @@ def load_and_validate(source):
     assert all(len(p) < 1200 for p in problems)
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -82,7 +82,7 @@ def test_any_mapping_is_accepted_or_a_config_error(data):
     load_and_validate(data)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(
     recipes.map(lambda d: yaml.safe_dump(d, allow_unicode=True)),
     st.text(max_size=200),
