@@ -368,7 +368,8 @@ def _baselines(device: str, fns: dict[str, Callable[..., Any]]) -> dict[str, Cal
     """What ours is timed against, compiled where the name says so; none on CPU (no timings there)."""
     if device != "cuda":
         return {}
-    return {name: torch.compile(fn) if name.startswith("torch.compile") else fn for name, fn in fns.items()}
+    # static shapes: each case is one shape, and a dynamic recompile on the next case would slow the baseline
+    return {name: torch.compile(fn, dynamic=False) if name.startswith("torch.compile") else fn for name, fn in fns.items()}
 
 
 def _liger(device: str, name: str, *args: Any, **kwargs: Any) -> Any:
