@@ -123,7 +123,10 @@ def check(recipe: str) -> None:
 
 
 def _add_plugin_commands(group: click.Group) -> None:
-    registry = get_registry()
+    from lightning_eff.registry import Registry
+
+    registry = Registry()  # hooks only: listing commands must not import every technique
+    registry.load_entry_points(registrations=False)
     for impl in registry.pm.hook.leff_add_cli_commands.get_hookimpls():
         try:
             impl.function(cli=group)

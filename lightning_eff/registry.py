@@ -31,13 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from lightning_eff import hookspecs
 from lightning_eff.errors import ConfigError, LightningEffError
-from lightning_eff.technique import Technique
+
+if TYPE_CHECKING:  # imported where used: the Technique base imports Lightning (seconds)
+    from lightning_eff.technique import Technique
 
 ENTRY_POINT_GROUP = "lightning_eff"
 ALLOW_ENV = "LIGHTNING_EFF_PLUGINS"
@@ -226,7 +228,13 @@ class Registry:
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def load_entry_points(self) -> None:
+    def load_entry_points(self, registrations: bool = True) -> None:
+        """Import every allowed plugin of the entry-point group and register it.
+
+        ``registrations=False`` only imports the plugin modules and registers their hooks, without
+        asking them for techniques and kernels: enough for the commands plugins add to the CLI
+        (``lightning-eff --help``), and it does not import the techniques (nor Lightning).
+        """
         allow, deny = _env_list(ALLOW_ENV), _env_list(DENY_ENV) or set()
         found = md.entry_points(group=ENTRY_POINT_GROUP)
         # Built-ins first, so that their names are taken before any third-party plugin is asked
@@ -252,12 +260,19 @@ class Registry:
                 ep.name,
                 distribution=_dist_name(ep),
                 version=dist.version if dist else None,
+                registrations=registrations,
             )
 
     def add_plugin(
-        self, module: ModuleType | object, name: str, distribution: str | None = None, version: str | None = None
+        self,
+        module: ModuleType | object,
+        name: str,
+        distribution: str | None = None,
+        version: str | None = None,
+        registrations: bool = True,
     ) -> None:
-        """Register one plugin module (also usable directly, e.g. in tests) and run its registrations."""
+        """Register one plugin module (also usable directly, e.g. in tests) and run its registrations
+        (unless ``registrations`` is False: hooks only, see :meth:`load_entry_points`)."""
         try:
             self.pm.register(module, name=name)
         except Exception as exc:  # noqa: BLE001 - bad hook signatures are reported per plugin
@@ -266,6 +281,8 @@ class Registry:
         info = PluginInfo(name, getattr(module, "__name__", type(module).__name__), distribution, version)
         self.plugins[name] = info
         self.errors += [PluginError(name, message) for message in hook_name_problems(self.pm, module)]
+        if not registrations:
+            return
         for impl in self.pm.hook.leff_register_techniques.get_hookimpls():
             if impl.plugin_name == name:
                 self._run_registration(info, impl.function, "register", self._technique_registrar(info))
@@ -280,6 +297,8 @@ class Registry:
             self.errors.append(PluginError(info.name, f"{fn.__name__} raised {_short_error(exc)}"))
 
     def _technique_registrar(self, info: PluginInfo) -> Callable[[type[Technique]], None]:
+        from lightning_eff.technique import Technique
+
         def register(cls: type[Technique]) -> None:
             if not (isinstance(cls, type) and issubclass(cls, Technique)):
                 self.errors.append(PluginError(info.name, f"{cls!r} is not a lightning_eff.Technique subclass"))

@@ -22,7 +22,7 @@ import click
 from lightning_eff.errors import LightningEffError
 
 from . import dedup as dedup_math
-from . import index_file, records, scoring, shingles, thresholds
+from . import index_file, records, shingles, thresholds
 
 #: seconds between plain progress lines when stderr is not a terminal (a log, CI, a pipe)
 PROGRESS_EVERY_S = 5.0
@@ -137,6 +137,8 @@ def data() -> None:
 @_progress_option
 def score(input_path, output, text_field, prompt_field, response_field, ifd, model_spec, train_steps, hidden, max_len, batch_size, seed, progress):
     """Per-sample perplexity (and IFD) of INPUT (JSONL) with a small reference LM."""
+    from . import scoring  # imports torch: only this command needs it (`lightning-eff --help` stays fast)
+
     with _errors():
         _check_output(output, input_path)
         rows = records.read_jsonl(input_path)

@@ -74,6 +74,8 @@ class BenchTask:
     higher_is_better: bool
     default_max_steps: int
     default_repeats: int = 3
+    #: ``--quick``: a few steps that exercise every code path (tests, smoke runs); measures nothing
+    quick_max_steps: int = 6
     #: tokens in a training batch (language models), for tokens/s; ``None``: samples only
     count_tokens: Callable[[Any], int] | None = None
     #: facts shown in the report (sizes of splits, label noise, sequence length...)
