@@ -98,22 +98,26 @@ def environment() -> dict[str, object]:
     return info
 
 
-def run_part(part: Part, command: list[str], timeout_s: float, log, env: dict[str, str], cwd: Path) -> tuple[str, float]:
-    """(status, seconds). The part runs in its own process group, killed whole at the guard."""
+def run_part(command: list[str], timeout_s: float, env: dict[str, str], workdir: Path, name: str) -> tuple[str, float, str]:
+    """(status, seconds, output). The part runs in its own process group, killed whole at the guard."""
     start = time.monotonic()
-    log.write(f"\n===== {part.name}: {' '.join(command)} (guard {timeout_s:.0f} s)\n")
-    log.flush()
-    # cwd outside the repository: from its root, the bare lightning_eff/ folder (no kernels/ in it)
-    # would shadow the installed package.
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
-    try:
-        code = proc.wait(timeout=timeout_s)
-        status = "ok" if code == 0 else f"error: exit code {code}"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the part's children too (bench re-runs itself on CPU)
-        proc.wait()
-        status = f"timeout after {timeout_s:.0f} s"
-    return status, time.monotonic() - start
+    with (workdir / f"{name}.log").open("w+") as output:
+        # cwd outside the repository: from its root, the bare lightning_eff/ folder (no kernels/ in
+        # it) would shadow the installed package.
+        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout_s)
+            status = "ok" if code == 0 else f"error: exit code {code}"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the part's children too (bench re-runs itself on CPU)
+            proc.wait()
+            status = f"timeout after {timeout_s:.0f} s"
+        output.seek(0)
+        text = output.read()
+    if status.startswith("error"):  # the exception's last line, so the CSV alone says what broke
+        status = f"{status}: {(text.strip().splitlines() or [''])[-1]}"[:300]
+    return status, time.monotonic() - start, text
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -200,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 status, seconds = "skipped: the kit's time budget is spent", 0.0
             else:
                 command = part.command(out_csv, args.dry_run, args.repeats)
-                status, seconds = run_part(part, command, min(guard, left), log, kernel_env if part.kernel_ops else env, scratch)
+                timeout = min(guard, left)
+                status, seconds, output = run_part(command, timeout, kernel_env if part.kernel_ops else env, scratch, part.name)
+                log.write(f"\n===== {part.name}: {' '.join(command)} (guard {timeout:.0f} s): {status}\n{output}")
+                log.flush()
             rows += [{"part": part.name, **row} for row in read_rows(out_csv)]
             if part.kernel_ops and not cuda:
                 rows.append({"part": part.name, "op": "(timings)", "impl": "ours, torch, torch.compile, liger",
