@@ -9,11 +9,12 @@ test calling a hook by hand) the hook simply runs.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lightning.pytorch import Callback
@@ -99,13 +100,16 @@ def batch_selector_problems(techniques: Sequence[Any]) -> list[str]:
     return []
 
 
-def format_validation_error(owner: str, error: ValidationError) -> str:
-    """One line per bad option: ``Owner: key=value: what is allowed`` (values cut to a line)."""
+def format_validation_error(owner: str, error: ValidationError, known: Iterable[str] = ()) -> str:
+    """One line per bad option: ``Owner: key=value: what is allowed`` (values cut to a line); an
+    unknown option gets the closest of the ``known`` names."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(options)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"{owner}: unknown option '{clip(key, 80)}'")
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"{owner}: unknown option '{clip(key, 80)}'{hint}")
         else:
             msg = item["msg"].removeprefix("Value error, ")
             lines.append(f"{owner}: {key}={short_repr(item.get('input'))}: {clip(msg)}")
@@ -174,7 +178,7 @@ class Technique(Callback):
         try:
             self.config = self.Config(**options)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(type(self).__name__, exc)) from None
+            raise ConfigError(format_validation_error(type(self).__name__, exc, self.Config.model_fields)) from None
         self._hub: EfficiencyHub | None = None
 
     @classmethod
@@ -183,7 +187,7 @@ class Technique(Callback):
         try:
             cls.Config(**options)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(cls.__name__, exc)) from None
+            raise ConfigError(format_validation_error(cls.__name__, exc, cls.Config.model_fields)) from None
         return cls(**options)
 
     # Every technique gets the guard on setup, overridden or not: it is where the hub attaches.

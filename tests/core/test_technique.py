@@ -154,3 +154,8 @@ def test_error_messages_echo_a_bounded_part_of_the_value():
     with pytest.raises(ConfigError) as info:
         HalfBatch(keep=[list(range(1000))] * 1000)
     assert len(str(info.value)) < 300
+
+
+def test_an_unknown_option_gets_the_closest_name():
+    with pytest.raises(ConfigError, match=r"GradualPruning: unknown option 'final_sparsty' \(did you mean 'final_sparsity'\?\)"):
+        _registered("gradual_pruning").from_options(final_sparsty=0.5)
