@@ -211,14 +211,15 @@ def _resolve_class(path: Any) -> type[Callback]:
     module_name, _, attr = path.replace(":", ".").rpartition(".")
     try:
         module = importlib.import_module(module_name)
-        obj = getattr(module, attr)
     except ImportError as exc:
         raise ConfigError(f"cannot import '{path}': {clip(str(exc), 200)}; check the spelling and that the package is installed") from None
-    except AttributeError:
-        names = [n for n in dir(module) if isinstance(getattr(module, n, None), type)]
-        raise ConfigError(f"cannot import '{path}': module {module_name} has no '{attr}'{_suggest(attr, names)}") from None
     except Exception as exc:  # noqa: BLE001 - importing runs the module's own code
         raise ConfigError(f"cannot import '{path}': importing {module_name} raised {type(exc).__name__}: {clip(str(exc), 200)}") from None
+    try:
+        obj = getattr(module, attr)
+    except Exception:  # noqa: BLE001 - AttributeError, or a lazy module's __getattr__ failing
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(f"cannot import '{path}': module {module_name} has no '{attr}'{_suggest(attr, names)}") from None
     expected = "a lightning_eff.Technique or a lightning.pytorch Callback class"
     if not isinstance(obj, type):
         raise ConfigError(f"{path} is a {type(obj).__name__}, not a class: class_path must name {expected} (nothing else is called)")

@@ -238,3 +238,11 @@ def test_long_values_are_cut_in_messages(tmp_path):
     path.write_text(many)
     out = refused(path, "... and 470 more problem(s)")
     assert len(out.splitlines()) <= 32
+
+
+def test_a_module_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    (tmp_path / "leff_broken_module.py").write_text("raise AttributeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "r.yaml"
+    path.write_text("techniques: [{class_path: leff_broken_module.Thing}]\n")
+    refused(path, "cannot import 'leff_broken_module.Thing': importing leff_broken_module raised AttributeError: boom")
