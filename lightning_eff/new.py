@@ -85,6 +85,8 @@ class TemplateOptions(BaseModel):
     package_name: str
     description: str
     author_name: str
+    #: what the generated pyproject.toml depends on for lightning-eff (a pip requirement)
+    lightning_eff_requirement: str
 
     @field_validator("project_name")
     @classmethod
@@ -110,6 +112,22 @@ class TemplateOptions(BaseModel):
         return value
 
 
+def default_lightning_eff_requirement() -> str:
+    """Where a generated project gets lightning-eff from: the checkout this lightning-eff runs from
+    (an editable install), as a direct reference pip installs without a package index; otherwise this
+    exact version (a wheel: ``pip install --find-links DIR`` with the folder holding it)."""
+    from importlib import metadata
+
+    checkout = Path(__file__).resolve().parents[1]
+    pyproject = checkout / "pyproject.toml"
+    if pyproject.is_file() and 'name = "lightning-eff"' in pyproject.read_text(encoding="utf-8", errors="replace"):
+        return f"lightning-eff @ {checkout.as_uri()}"
+    try:
+        return f"lightning-eff=={metadata.version('lightning-eff')}"
+    except metadata.PackageNotFoundError:
+        return "lightning-eff"
+
+
 def template_options(
     name: str,
     slug: str | None = None,
@@ -117,6 +135,7 @@ def template_options(
     description: str | None = None,
     author: str | None = None,
     kind: TemplateKind = "project",
+    lightning_eff: str | None = None,
 ) -> TemplateOptions:
     """Options from a human name; the slug and package name default to forms derived from it.
 
@@ -136,6 +155,7 @@ def template_options(
         "package_name": package if package is not None else suggest_package_name(slug),
         "description": description if description is not None else default_description,
         "author_name": author if author is not None else "Your Name",
+        "lightning_eff_requirement": lightning_eff if lightning_eff is not None else default_lightning_eff_requirement(),
     }
     try:
         return TemplateOptions(**values)
@@ -238,6 +258,12 @@ def _options(kind: TemplateKind) -> Any:
         fn = click.option("--output-dir", "-o", default=".", show_default=True, type=click.Path(file_okay=False),
                           help="Folder in which the new project folder is created.")(fn)
         fn = click.option("--author", default=None, help="Author name for pyproject.toml.")(fn)
+        fn = click.option(
+            "--lightning-eff", "lightning_eff", default=None, metavar="REQUIREMENT",
+            help="Where the new project gets lightning-eff, as a pip requirement (default: this checkout as "
+            "'lightning-eff @ file:///...', or this version when installed from a wheel), e.g. "
+            "'lightning-eff @ file:///path/to/lightning_eff-0.1.0-py3-none-any.whl'.",
+        )(fn)
         fn = click.option("--description", default=None, help="One-line description.")(fn)
         fn = click.option("--package", "package", default=None,
                           help="Import name (default: the slug with '_' for '-' and '.').")(fn)
@@ -247,9 +273,11 @@ def _options(kind: TemplateKind) -> Any:
     return decorate
 
 
-def _create(kind: TemplateKind, name, slug, package, description, author, output_dir, force) -> None:
+def _create(kind: TemplateKind, name, slug, package, description, author, lightning_eff, output_dir, force) -> None:
     try:
-        options = template_options(name, slug=slug, package=package, description=description, author=author, kind=kind)
+        options = template_options(
+            name, slug=slug, package=package, description=description, author=author, kind=kind, lightning_eff=lightning_eff
+        )
         path = bake(kind, options, output_dir=output_dir, overwrite=force)
     except (ConfigError, MissingDependencyError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -267,13 +295,13 @@ def new() -> None:
 
 @new.command()
 @_options("project")
-def project(name, slug, package, description, author, output_dir, force) -> None:
+def project(name, slug, package, description, author, lightning_eff, output_dir, force) -> None:
     """A Lightning project using lightning-eff: LightningCLI entry, recipe, model, data, tests, bench."""
-    _create("project", name, slug, package, description, author, output_dir, force)
+    _create("project", name, slug, package, description, author, lightning_eff, output_dir, force)
 
 
 @new.command()
 @_options("plugin")
-def plugin(name, slug, package, description, author, output_dir, force) -> None:
+def plugin(name, slug, package, description, author, lightning_eff, output_dir, force) -> None:
     """A third-party plugin package: an example technique and kernel registered through entry points."""
-    _create("plugin", name, slug, package, description, author, output_dir, force)
+    _create("plugin", name, slug, package, description, author, lightning_eff, output_dir, force)
