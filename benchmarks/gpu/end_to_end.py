@@ -41,7 +41,7 @@ class Rows:
     """The part's CSV, written a row at a time (a killed part keeps what it measured)."""
 
     def __init__(self, path: str) -> None:
-        self._file = open(path, "w", newline="")  # noqa: SIM115 - open for the part's lifetime
+        self._file = open(path, "w", newline="")  # open for the part's lifetime
         self._writer = csv.DictWriter(self._file, fieldnames=bench.COLUMNS)
         self._writer.writeheader()
         self._stamp = bench._versions()
@@ -50,6 +50,9 @@ class Rows:
         self._writer.writerow({**self._stamp, **{k: v for k, v in row.items() if v is not None}})
         self._file.flush()
         print({k: row[k] for k in ("op", "impl", "ms", "throughput", "unit", "status") if k in row}, flush=True)
+
+    def error(self, op: str, shape: str, impl: str, exc: Exception) -> None:
+        self.add(op=op, shape=shape, impl=impl, status=f"error: {type(exc).__name__}: {exc}"[:300])
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float | None]:
@@ -71,7 +74,7 @@ def measure(rows: Rows, op: str, shape: str, impl: str, fn: Callable[[], Any], r
     try:
         ms, peak = timed(fn, repeats)
     except Exception as exc:  # noqa: BLE001 - one failing arm must not end the part
-        rows.add(op=op, shape=shape, impl=impl, status=f"error: {type(exc).__name__}: {exc}"[:300])
+        rows.error(op, shape, impl, exc)
         return None
     finally:
         if torch.cuda.is_available():
@@ -95,7 +98,7 @@ def llama_config(dry_run: bool):
     if dry_run:
         return transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
-    # Llama-3.2-1B's body with a 32k vocabulary: about 1.0B parameters.
+    # Llama-3.2-1B's body with a 32k vocabulary (untied head): about 1.1B parameters.
     return transformers.LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                                     num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
 
@@ -117,7 +120,7 @@ def train_step(model, batch: torch.Tensor, autocast: bool) -> Callable[[], None]
 
     def step() -> None:
         with torch.autocast(device(), dtype=torch.bfloat16, enabled=autocast):
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss  # no KV cache in training
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -154,7 +157,7 @@ def e2e_mixed_precision(rows: Rows, dry_run: bool) -> None:
                     keep_in_fp32(module)
             step = train_step(model, batch, autocast)
         except Exception as exc:  # noqa: BLE001
-            rows.add(op=op, shape=shape, impl=impl, status=f"error: {type(exc).__name__}: {exc}"[:300])
+            rows.error(op, shape, impl, exc)
             continue
         results[impl] = measure(rows, op, shape, impl, step, repeats, work=batch.numel())
         del model, step
@@ -187,7 +190,7 @@ def e2e_float8(rows: Rows, dry_run: bool) -> None:
                 layer.compile()  # one compiled graph serves every layer: minutes less than the whole model
             step = train_step(model, batch, autocast=False)
         except Exception as exc:  # noqa: BLE001
-            rows.add(op=op, shape=shape, impl=impl, status=f"error: {type(exc).__name__}: {exc}"[:300])
+            rows.error(op, shape, impl, exc)
             continue
         results[impl] = measure(rows, op, shape, impl, step, 5, work=batch.numel())
         del model, step
@@ -230,7 +233,7 @@ def sparse_matmul(rows: Rows, name: str, n_tokens: int, out_features: int, in_fe
         sparse = to_sparse_semi_structured(weight)
         error = (F.linear(x, sparse).float() - F.linear(x, weight).float()).abs().max().item()
     except Exception as exc:  # noqa: BLE001
-        rows.add(op=op, shape=shape, impl="2:4 semi-structured", status=f"error: {type(exc).__name__}: {exc}"[:300])
+        rows.error(op, shape, "2:4 semi-structured", exc)
         return
     ms = measure(rows, op, shape, "2:4 semi-structured", lambda: F.linear(x, sparse), 20, work=tflop, unit="TFLOP/s")
     rows.add(op=op, shape=shape, impl="2:4 vs dense: max abs difference", max_rel_error=f"{error:.3g}", status="ok")
