@@ -7,9 +7,11 @@
 - :func:`preflight_problems`: run a Trainer until preflight and return the problems it reported.
 - :class:`TinyClassifier` / :class:`TinyDataModule`: a small deterministic model and data.
 
-Resume-equivalence is exact on CPU when (a) N is a multiple of the steps per epoch (an ordinary
-DataLoader restarts its epoch on resume) and (b) every random choice a technique makes comes from a
-generator kept in its ``state_dict`` (the global RNG is not in Lightning checkpoints).
+Resume-equivalence is exact on CPU when (a) N is a multiple of the steps per epoch, or the data
+position is resumable (Lightning restarts the epoch of a DataLoader without ``state_dict`` /
+``load_state_dict`` from its first batch; InfoBatch restores its InfoBatchSampler's position itself)
+and (b) every random choice a technique makes comes from a generator kept in its ``state_dict`` (the
+global RNG is not in Lightning checkpoints).
 """
 
 from __future__ import annotations

@@ -71,6 +71,7 @@ class InfoBatch(Technique):
         self.weights = torch.zeros(0)
         self.order = torch.zeros(0, dtype=torch.long)
         self.plan_epoch = -1
+        self.batches_done = 0  # of the planned epoch, on this rank: where a resumed epoch continues
         self.samples_pruned = 0  # cumulative over epochs: each is a forward + backward saved
         self.samples_planned = 0
         self.current: torch.Tensor | None = None
@@ -99,11 +100,22 @@ class InfoBatch(Technique):
                     f"info_batch: the checkpoint holds scores of {self.scores.numel()} samples but the dataset has {n}: resume with the same dataset"
                 ]
             )
-        if self.plan_epoch >= 0:  # resumed: the sampler iterates the restored plan
-            self.sampler.set_plan(self.order.tolist(), self.plan_epoch)
+        resumed = self.plan_epoch >= 0
+        if resumed:  # the sampler iterates the restored plan from the first batch not trained on
+            self.sampler.set_plan(
+                self.order.tolist(), self.plan_epoch, start=self.batches_done * self.batch_size
+            )
         # A checkpoint saved on an epoch's last batch resumes in the next epoch without calling
         # on_train_epoch_start: plan it here (same scores, same step: the same plan).
         self.plan_epoch_if_needed(trainer)
+        if resumed:
+            # Lightning measured the epoch before the restored plan was set; measure it again, or
+            # the resumed epoch's last batch is not flagged as the last (epoch-end validation,
+            # trainer.is_last_batch). Lightning sets the sampler's epoch only after this hook.
+            self.sampler.set_epoch(trainer.current_epoch)
+            fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+            if fetcher is not None:
+                fetcher.reset()
 
     # -- the epoch plan ------------------------------------------------------------------------------
 
@@ -132,7 +144,7 @@ class InfoBatch(Technique):
             order, weights = prune_plan(
                 self.scores, self.seen, self.config.prune_ratio, g, self.sampler.shuffle
             )
-        self.order, self.weights, self.plan_epoch = order, weights, epoch
+        self.order, self.weights, self.plan_epoch, self.batches_done = order, weights, epoch, 0
         kept = torch.zeros(self.scores.numel(), dtype=torch.bool)
         kept[order] = True
         self.drop_counts += (~kept).long()
@@ -153,6 +165,9 @@ class InfoBatch(Technique):
                 f"info_batch: the sampler iterates a plan for epoch {self.sampler.plan_epoch}, not {trainer.current_epoch}"
             )
         self.current = batch_sample_indices(self.sampler.epoch_indices, batch_idx, self.batch_size, batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches_done = batch_idx + 1
 
     @hookimpl
     def leff_sample_weights(self, module, batch, per_sample_loss):
@@ -210,6 +225,7 @@ class InfoBatch(Technique):
             "order": self.order.clone(),
             "weights": self.weights.clone(),
             "plan_epoch": self.plan_epoch,
+            "batches_done": self.batches_done,
             "samples_pruned": self.samples_pruned,
             "samples_planned": self.samples_planned,
         }
@@ -218,6 +234,8 @@ class InfoBatch(Technique):
         for key in ("scores", "seen", "drop_counts", "order", "weights"):
             setattr(self, key, state_dict[key].clone())
         self.plan_epoch = state_dict["plan_epoch"]
+        # Checkpoints from before batches_done was kept resume at the epoch's start, as they did.
+        self.batches_done = state_dict.get("batches_done", 0)
         self.samples_pruned, self.samples_planned = (
             state_dict["samples_pruned"],
             state_dict["samples_planned"],

@@ -10,6 +10,12 @@ It subclasses ``DistributedSampler``: Lightning leaves a DistributedSampler alon
 (``use_distributed_sampler`` only replaces other samplers) and calls its ``set_epoch``. It shards
 the epoch's plan over ranks itself (world size read at iteration time, so it can be built before
 the process group exists). Without an InfoBatch technique attached it is a plain shuffling sampler.
+
+Resuming mid-epoch: Lightning restores the position only of DataLoaders that implement
+``state_dict``/``load_state_dict`` and restarts any other loader's epoch from its first batch while
+``batch_idx`` carries on. InfoBatch keeps the epoch's plan and the number of batches done in its own
+state and hands them back through ``set_plan(..., start=...)``: the resumed epoch yields only the
+samples not trained on yet.
 """
 
 from __future__ import annotations
@@ -40,9 +46,12 @@ class InfoBatchSampler(DistributedSampler):
         self.plan_epoch: int | None = None
         #: this rank's dataset indices of the epoch being iterated, in iteration order
         self.epoch_indices: list[int] = []
+        self.start = 0
 
-    def set_plan(self, order: list[int], epoch: int) -> None:
-        self.plan, self.plan_epoch = list(order), epoch
+    def set_plan(self, order: list[int], epoch: int, start: int = 0) -> None:
+        """Iterate ``order`` in epoch ``epoch``. ``start``: samples of this rank's share already
+        trained on (a mid-epoch checkpoint): the next iteration of that epoch skips them, once."""
+        self.plan, self.plan_epoch, self.start = list(order), epoch, start
 
     def _order(self) -> list[int]:
         if self.plan is not None and self.plan_epoch == self.epoch:
@@ -53,7 +62,11 @@ class InfoBatchSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         world, rank = world_and_rank()
         self.epoch_indices = shard(self._order(), rank, world, self.drop_last)
-        return iter(self.epoch_indices)
+        start = self.start if self.plan_epoch == self.epoch else 0
+        self.start = 0
+        # epoch_indices stays the whole epoch: batch_idx, which Lightning carries on after a
+        # mid-epoch resume, addresses it.
+        return iter(self.epoch_indices[start:])
 
     def __len__(self) -> int:
         world, rank = world_and_rank()
