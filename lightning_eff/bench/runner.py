@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_eff.bench.epochs import EvaluateEachEpoch
 from lightning_eff.bench.flops import FlopMeter
 from lightning_eff.bench.memory import read_peak_mb, reset_peak
 from lightning_eff.bench.model_stats import count_parameters
@@ -125,10 +126,12 @@ def run_once(plan: RunPlan, arm: str, repeat: int, seed: int) -> Run:
     kwargs = trainer_settings(plan, arm, techniques, logger)
     meter = [FlopMeter()] if plan.count_flops else []
     clock = RunClock(task.metric, task.count_tokens, flops=(lambda: meter[0].total) if meter else None)
-    bar = [StepProgressBar(f"{arm} seed {seed}")] if plan.progress_bar else []
+    extra = [StepProgressBar(f"{arm} seed {seed}")] if plan.progress_bar else []
+    if plan.max_epochs is not None:
+        extra.append(EvaluateEachEpoch(plan.evals_per_epoch))
     with quiet_lightning():
         # The meter follows the clock and precedes the techniques: their set-up work is counted.
-        trainer = pl.Trainer(**kwargs, callbacks=[clock, *meter, *techniques, *bar])
+        trainer = pl.Trainer(**kwargs, callbacks=[clock, *meter, *techniques, *extra])
         memory_kind = reset_peak(trainer.strategy.root_device.type)
         module, data = task.make_module(), task.make_data()
         start = time.perf_counter()

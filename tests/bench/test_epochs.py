@@ -13,6 +13,7 @@ from lightning_eff.bench import format_table, run_bench
 from lightning_eff.bench import harness as harness_module
 from lightning_eff.bench.checks import schedule_shortfall
 from lightning_eff.bench.command import bench
+from lightning_eff.bench.epochs import check_every
 from lightning_eff.bench.harness import epoch_evals
 from lightning_eff.bench.html import render_html
 from lightning_eff.errors import ConfigError
@@ -71,13 +72,24 @@ def test_an_epoch_budget_trains_whole_epochs_and_the_report_says_so():
     assert not any("estimate" in w for w in result.warnings)
 
 
+@pytest.mark.parametrize(("per_epoch", "steps"), [(1, [0, 8, 12]), (2, [0, 4, 8, 10, 12])])
+def test_a_shortened_epoch_is_evaluated_at_its_own_fractions_and_end(per_epoch, steps):
+    # Lightning alone plans evaluations for the full epoch's length and skips a shorter epoch's end.
+    result = run_bench(data="test_epochs:ShrinkingData", **TINY, recipe=EMPTY, repeats=1, epochs=EPOCHS,
+                       evals=EPOCHS * per_epoch, warmup_steps=0, quiet=True, flops="off")
+    assert [p.step for p in result.runs[0].curve] == steps
+
+
+def test_epoch_fractions_are_whole_batches():
+    assert check_every(8, 1) == 8 and check_every(4, 2) == 2 and check_every(5, 2) == 3 and check_every(1, 4) == 1
+
+
 def test_a_sampler_that_shortens_epochs_leaves_lightnings_estimate_too_high_and_warns():
-    result = run_bench(data="test_epochs:ShrinkingData", **TINY, recipe=EMPTY, repeats=1, epochs=EPOCHS, evals=EPOCHS * 2,
+    result = run_bench(data="test_epochs:ShrinkingData", **TINY, recipe=EMPTY, repeats=1, epochs=EPOCHS, evals=EPOCHS,
                        warmup_steps=0, quiet=True, flops="off")
     run = result.runs[0]
     assert run.steps == BATCHES + BATCHES // 2 and run.estimated_steps == EPOCHS * BATCHES
     assert schedule_shortfall(run) == pytest.approx(0.25)
-    assert run.curve[-1].step == run.steps  # the shortened epoch is still evaluated at its end
     warning = next(w for w in result.warnings if "estimated_stepping_batches" in w)
     assert re.search(rf"the baseline arm trained fewer steps .* {run.steps} of trainer.estimated_stepping_batches = {EPOCHS * BATCHES}, 25% short", warning)
 
