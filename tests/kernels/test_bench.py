@@ -64,3 +64,21 @@ def test_the_grouped_mm_baseline_computes_the_same_moe_swiglu():
     x, wg, wu, wd, w, chosen, offsets, permutation, _ = case.make()
     expected = bench.gg.moe_swiglu_loop_reference(x, wg, wu, wd, w, chosen)
     torch.testing.assert_close(bench.grouped_mm_swiglu(x, wg, wu, wd, w, offsets, permutation), expected)
+
+
+def test_gpu_mode_rows_with_faked_timings(monkeypatch):
+    # The GPU path's bookkeeping (ceiling rows, units, % of ceiling, a failing baseline) on CPU.
+    monkeypatch.setattr(bench, "ceilings", lambda repeats: {"GB/s": 1000.0, "TFLOP/s": 100.0})
+    monkeypatch.setattr(bench, "time_cuda", lambda fn, repeats: (fn(), (1e-6, 5.0))[1])  # 1 ns: a real GB/s
+    case = bench.norm_case("rms_norm", 4, 8, torch.float32, "cpu")
+    case.baselines = {"broken baseline": lambda *args: 1 / 0}
+    monkeypatch.setattr(bench, "gpu_cases", lambda: [case])
+    rows = {r["impl"] if not r["op"].startswith("ceiling") else r["op"]: r for r in bench.run_gpu(1)}
+    assert rows["ceiling: copy bandwidth"]["throughput"] == "1000.0"
+    assert rows["ceiling: dense GEMM"]["unit"] == "TFLOP/s"
+    ours = rows["lightning_eff"]
+    assert ours["status"] == "ok" and ours["unit"] == "GB/s" and ours["peak_memory_mb"] == "5"
+    assert ours["throughput"] == "640.0"  # forward + backward move 5 x 4 x 8 float32 = 640 bytes
+    assert ours["pct_of_ceiling"] == "64.0"
+    assert rows["reference"]["status"] == "ok"
+    assert rows["broken baseline"]["status"].startswith("error: ZeroDivisionError")
