@@ -246,3 +246,11 @@ def test_a_module_that_fails_to_import_is_named(tmp_path, monkeypatch):
     path = tmp_path / "r.yaml"
     path.write_text("techniques: [{class_path: leff_broken_module.Thing}]\n")
     refused(path, "cannot import 'leff_broken_module.Thing': importing leff_broken_module raised AttributeError: boom")
+
+
+def test_nested_merge_keys_do_not_blow_up(tmp_path):
+    lines = ["a0: &a0 {" + ", ".join(f"k{j}: {j}" for j in range(10)) + "}"]
+    lines += [f"a{i}: &a{i}\n  <<: [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = tmp_path / "r.yaml"
+    path.write_text("\n".join(lines) + "\ntechniques: []\n")
+    refused(path, "unknown top-level key 'a0'")

@@ -174,3 +174,19 @@ def test_lightning_callback_init_args_are_checked(tmp_path, example_registry):
     assert "techniques[0].init_args: ModelPruning: init_args {'pruning_fn': 'no_such_fn'} were refused" in message
     message = error_of(write(tmp_path, "techniques: [{name: weight_noise, options: {}, init_args: {}}]"))
     assert "give 'options' or 'init_args', not both" in message
+
+
+def test_check_lists_lightning_callbacks_after_the_plan(tmp_path, example_registry):
+    from click.testing import CliRunner
+
+    from lightning_eff.cli import cli
+
+    path = write(tmp_path, """
+        techniques:
+          - {name: half_batch}
+          - class_path: lightning.pytorch.callbacks.ModelPruning
+            init_args: {pruning_fn: l1_unstructured, amount: 0.3}
+        """)
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "OK, 1 technique(s)" in result.output and "plus 1 Lightning callback(s): ModelPruning" in result.output
