@@ -27,15 +27,21 @@ mkdir -p "$WHL"
 rm -f "$WHL"/*.whl "$WHL"/SOURCES.sha1
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${PLATFORMS[@]}" -d "$WHL" "${WHEELS[@]}"
-"$PY" -m pip wheel -q --no-deps --no-build-isolation . -w "$WHL"
+# Build from a copy of what travels to the GPU machine (tracked and unignored files): an in-tree
+# build would also pack stale files left in build/ and ignored files.
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$tree"
+"$PY" -m pip wheel -q --no-deps --no-build-isolation "$tree" -w "$WHL"
 # run.sh compares this with the tree it runs on, to catch a wheel older than the sources.
-"$PY" benchmarks/gpu/runner.py --source-hash > "$WHL/SOURCES.sha1"
+"$PY" "$tree/benchmarks/gpu/runner.py" --source-hash > "$WHL/SOURCES.sha1"
 
 ls -l "$WHL"
-size_mib=$(du -sm "$WHL" | cut -f1)
-tree_mib=$(git ls-files -co --exclude-standard -z | du --files0-from=- -cm 2>/dev/null | tail -1 | cut -f1)
-echo "wheels: ${size_mib} MiB; the rest of the working tree that travels: about ${tree_mib} MiB"
-if [ "$size_mib" -gt "$LIMIT_MIB" ]; then
+size_kib=$(du -sk "$WHL" | cut -f1)
+tree_kib=$(git ls-files -co --exclude-standard -z | du --files0-from=- -ck 2>/dev/null | tail -1 | cut -f1)
+echo "wheels: $((size_kib / 1024)).$((size_kib % 1024 * 10 / 1024)) MiB;" \
+     "the rest of the working tree that travels: about $((tree_kib / 1024)) MiB"
+if [ "$size_kib" -gt $((LIMIT_MIB * 1024)) ]; then
   echo "error: $WHL is over ${LIMIT_MIB} MiB: the device tool will not carry it" >&2
   exit 1
 fi
