@@ -105,7 +105,7 @@ def format_validation_error(owner: str, error: ValidationError, known: Iterable[
     unknown option gets the closest of the ``known`` names."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(options)"
+        key = clip(".".join(str(part) for part in item["loc"]), 120) or "(options)"
         if item["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
