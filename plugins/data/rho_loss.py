@@ -166,6 +166,16 @@ class RhoLoss(BatchSelector):
     # -- building the reference ------------------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
+        # Scoring iterates DataLoaders, and each iteration draws a base seed from the global random
+        # stream: fork it so that the run's stream is the same with and without this set-up.
+        device = pl_module.device
+        cuda = []
+        if device.type == "cuda":
+            cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=cuda):
+            self._set_up(trainer, pl_module)
+
+    def _set_up(self, trainer, pl_module) -> None:
         found = find_info_batch_sampler(trainer)
         if found is not None:
             self.sampler, self.batch_size = found
