@@ -130,6 +130,20 @@ def loop_expert_choice(x: Tensor, experts: nn.ModuleList, tokens: Tensor, weight
     return out
 
 
+class MoERouter(nn.Linear):
+    """``Linear(hidden, E, bias=False)`` whose logits are computed in fp32 even under autocast
+    (Switch Transformer's "selective precision": bf16 logits flip top-k choices). Its own class so
+    that the mixed-precision fp32 policy's ``*Router`` type glob finds it."""
+
+    def __init__(self, hidden: int, num_experts: int) -> None:
+        super().__init__(hidden, num_experts, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Under autocast F.linear casts fp32 operands back to the autocast dtype: switch it off.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float())
+
+
 class MoELayer(nn.Module):
     """Router ``Linear(hidden, E, bias=False)`` computed in fp32, ``experts``, optional ``shared_expert``.
 
@@ -150,7 +164,7 @@ class MoELayer(nn.Module):
         if not 1 <= top_k <= len(experts):
             raise ValueError(f"MoELayer: top_k={top_k} must be in [1, {len(experts)}] (the number of experts)")
         self.hidden, self.top_k, self.routing, self.capacity_factor = hidden, top_k, routing, capacity_factor
-        self.router = nn.Linear(hidden, len(experts), bias=False)
+        self.router = MoERouter(hidden, len(experts))
         self.experts = nn.ModuleList(experts)
         self.shared_expert = shared_expert
         self.last: RouterRecord | None = None
@@ -160,8 +174,7 @@ class MoELayer(nn.Module):
         return len(self.experts)
 
     def router_logits(self, x: Tensor) -> Tensor:
-        # fp32 router (Switch Transformer's "selective precision"): bf16 logits make routing unstable.
-        return F.linear(x.float(), self.router.weight.float())
+        return self.router(x)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         shape = hidden_states.shape

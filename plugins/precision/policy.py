@@ -26,7 +26,8 @@ LOW_PRECISIONS: dict[str, torch.dtype] = {
     "transformer-engine": torch.bfloat16,
     "transformer-engine-float16": torch.float16,
 }
-#: class-name globs of the modules kept in fp32 by default: norms and MoE routers
+#: class-name globs of the modules kept in fp32 by default: norms and MoE routers (``*Router``
+#: matches this package's ``MoERouter`` and routers of that name elsewhere)
 DEFAULT_FP32_TYPES = ("*Norm", "*Norm1d", "*Norm2d", "*Norm3d", "*Router", "*TopKRouter")
 
 
