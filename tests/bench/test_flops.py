@@ -187,3 +187,24 @@ def test_flops_off_counts_nothing_and_says_so():
 
     assert "compute not counted" in format_table(result) and "compute to quality" not in format_table(result)
     assert result.method.flops == "not counted (--flops off)"
+
+
+def test_a_counting_pass_is_joined_to_its_timed_run_by_evaluation_step():
+    from test_noise import make_run
+
+    from lightning_eff.bench.counting import diverged, merge_counts
+    from lightning_eff.bench.schema import Point
+
+    timed = make_run().model_copy(update={"flops": None, "forward_flops": None, "backward_flops": None, "curve": [
+        Point(step=0, train_seconds=0.0, quality=0.1), Point(step=5, train_seconds=1.0, quality=0.4),
+        Point(step=10, train_seconds=2.0, quality=0.5)]})
+    counted = make_run().model_copy(update={"flops": 300, "forward_flops": 100, "backward_flops": 200, "curve": [
+        Point(step=0, train_seconds=0.0, quality=0.1, flops=0), Point(step=5, train_seconds=3.0, quality=0.4, flops=150),
+        Point(step=10, train_seconds=6.0, quality=0.5, flops=300)]})
+    merged = merge_counts(timed, counted)
+    assert [(p.train_seconds, p.flops) for p in merged.curve] == [(0.0, 0), (1.0, 150), (2.0, 300)]  # times stay
+    assert (merged.flops, merged.forward_flops, merged.backward_flops) == (300, 100, 200)
+    assert not diverged(timed, counted)
+    other = counted.model_copy(update={"curve": [*counted.curve[:2], counted.curve[2].model_copy(update={"quality": 0.6})]})
+    assert diverged(timed, other)
+    assert merge_counts(timed, counted.model_copy(update={"curve": counted.curve[:2]})).curve[2].flops is None
