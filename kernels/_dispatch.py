@@ -102,16 +102,45 @@ def _registered(op: str) -> list[Any]:
     return registry._REGISTRY.kernels.get(op, [])
 
 
+def builtin_triton_takes(op: str, *args: Any, **kwargs: Any) -> bool:
+    """Whether the built-in op would run its Triton kernel on these inputs: the op's own check
+    (dtype, row width, number of experts) and the environment (:func:`use_triton`). Ops whose
+    kernels take every input Triton can run on fall through to :func:`use_triton`."""
+    from importlib import import_module
+
+    # import_module: the package re-exports functions under some module names (fp8_cast)
+    cross_entropy, fp8_cast, grouped_gemm, moe_routing, norms = (
+        import_module(f"lightning_eff.kernels.{name}")
+        for name in ("cross_entropy", "fp8_cast", "grouped_gemm", "moe_routing", "norms")
+    )
+    first = args[0]
+    if op in ("rms_norm", "layer_norm"):
+        return norms._triton_for(first)
+    if op in ("cross_entropy_logsumexp", "per_sample_cross_entropy", "fused_linear_cross_entropy"):
+        # fused_linear_cross_entropy runs the cross-entropy kernel on logits of the hidden's dtype
+        return cross_entropy._triton_for(first)
+    if op == "fp8_cast":
+        return first.dtype in fp8_cast.TRITON_DTYPES and use_triton(first)
+    if op == "moe_grouped_swiglu":
+        return grouped_gemm._triton_for(first)
+    if op == "moe_topk_routing":
+        return first.dtype != torch.float64 and moe_routing._triton_for(first, first.shape[-1])
+    if op == "moe_routing_metadata":
+        num_experts = args[1] if len(args) > 1 else kwargs["num_experts"]
+        return moe_routing._triton_for(first, int(num_experts))
+    return use_triton(first)
+
+
 def implementation_name(op: str, *args: Any, **kwargs: Any) -> str:
     """What a call of ``op`` with these inputs would run: ``"plugin:<name>"``, ``"triton"``,
-    ``"triton-interpreter"`` or ``"torch"`` (the first positional argument is the deciding tensor)."""
+    ``"triton-interpreter"`` or ``"torch"`` (the first positional argument is the deciding tensor;
+    inputs the Triton kernel does not take, e.g. float64 or rows too wide, name ``"torch"``)."""
     fn = plugin_implementation(op, *args, **kwargs)
     if fn is not None:
         name = next(impl.name for impl in _registered(op) if impl.fn is fn)
         return f"plugin:{name}"
-    tensor = args[0]
-    if use_triton(tensor):
-        return "triton" if tensor.is_cuda else "triton-interpreter"
+    if builtin_triton_takes(op, *args, **kwargs):
+        return "triton" if args[0].is_cuda else "triton-interpreter"
     return "torch"
 
 

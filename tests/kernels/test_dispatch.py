@@ -10,7 +10,7 @@ import torch
 
 from lightning_eff import hookimpl
 from lightning_eff import registry as registry_module
-from lightning_eff.kernels import _dispatch, cross_entropy, norms, rms_norm
+from lightning_eff.kernels import _dispatch, cross_entropy, moe_routing, norms, rms_norm
 from lightning_eff.registry import Registry
 
 needs_interpreter = pytest.mark.skipif(not _dispatch.INTERPRETED, reason="needs Triton's interpreter")
@@ -120,3 +120,45 @@ def test_the_kernels_import_without_loading_plugins_and_run_without_triton():
 def test_autotuned_kernels_use_a_single_config_without_a_gpu():
     assert len(cross_entropy._cross_entropy_forward_kernel.configs) == 1
     assert len(cross_entropy._CONFIGS) > 1  # a GPU tunes over all of them
+
+
+def _spy(monkeypatch, module, name):
+    """Replace ``module.name`` (a Triton entry point) by a recorder that runs the original."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(name) or original(*a, **k))
+    return calls
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "x, triton_runs",
+    [
+        (torch.randn(2, 8), True),
+        (torch.randn(2, 8, dtype=torch.float64), False),  # the kernels take fp32/fp16/bf16 only
+        (torch.randn(1, norms.MAX_TRITON_COLS + 1), False),  # a row wider than one block
+    ],
+    ids=["fp32", "float64", "wide_rows"],
+)
+def test_implementation_name_names_the_reference_for_inputs_the_norm_kernel_does_not_take(monkeypatch, x, triton_runs):
+    calls = _spy(monkeypatch, norms, "norm_forward_triton")
+    rms_norm(x)
+    assert bool(calls) == triton_runs
+    assert _dispatch.implementation_name("rms_norm", x) == ("triton-interpreter" if triton_runs else "torch")
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "logits, triton_runs",
+    [
+        (torch.randn(4, 8), True),
+        (torch.randn(4, 8, dtype=torch.float64), False),
+        (torch.randn(4, moe_routing.MAX_TRITON_EXPERTS), False),  # one-hot tiles hold E + 1 columns
+    ],
+    ids=["fp32", "float64", "many_experts"],
+)
+def test_implementation_name_names_the_reference_for_routing_the_kernel_does_not_take(monkeypatch, logits, triton_runs):
+    calls = _spy(monkeypatch, moe_routing, "topk_triton")
+    moe_routing.moe_topk_routing(logits, 2)
+    assert bool(calls) == triton_runs
+    name = _dispatch.implementation_name("moe_topk_routing", logits, 2)
+    assert name == ("triton-interpreter" if triton_runs else "torch")
