@@ -7,6 +7,7 @@ import re
 from html import escape
 from pathlib import Path
 
+from lightning_eff.bench.noise import noisy_runs
 from lightning_eff.bench.schema import BenchResult
 from lightning_eff.bench.table import fmt, fmt_flops, steps_label, table_rows, verdict_line
 
@@ -60,12 +61,13 @@ def render_html(result: BenchResult, images: list[tuple[Path, str]]) -> str:
         ["", "baseline (median)", "recipe (median)", "recipe / baseline: min / median / max"],
         [[r.label, r.baseline, r.recipe, r.ratio] for r in table_rows(result)],
     )
+    noisy = noisy_runs(result.runs)
     per_run = _table(
-        ["arm", "seed", "steps", "epochs", "train s", "wall s", "final quality", "time to quality s", "FLOPs",
+        ["arm", "seed", "timing", "steps", "epochs", "train s", "wall s", "final quality", "time to quality s", "FLOPs",
          "FLOPs to quality", "batch ms median / p90", "samples/s", "peak MB", "sparsity", "frozen"],
         [
             [
-                r.arm, str(r.seed), str(r.steps), str(r.epochs), fmt(r.train_seconds, "seconds"), fmt(r.wall_seconds, "seconds"),
+                r.arm, str(r.seed), "noisy (see warnings)" if (r.arm, r.seed) in noisy else "ok", str(r.steps), str(r.epochs), fmt(r.train_seconds, "seconds"), fmt(r.wall_seconds, "seconds"),
                 fmt(r.final_quality, "quality"),
                 fmt(r.time_to_quality, "seconds") if r.time_to_quality is not None else "did not reach",
                 _flops(r.flops), _flops(r.flops_to_quality) if r.time_to_quality is not None else "did not reach",
@@ -74,6 +76,7 @@ def render_html(result: BenchResult, images: list[tuple[Path, str]]) -> str:
             ]
             for r in result.runs
         ],
+        numeric_from=3,
     )
     techniques = "".join(f"<li><code>{escape(t)}</code></li>" for t in recipe.techniques) or "<li>(none)</li>"
     warnings = "".join(f'<li class="warn">{text(w)}</li>' for w in result.warnings)

@@ -47,6 +47,11 @@ def dispersed(run: Run, factor: float = DISPERSED_BATCHES) -> bool:
     return t is not None and t.median > 0 and t.p90 / t.median > factor
 
 
+def noisy_runs(runs: Sequence[Run]) -> set[tuple[str, int]]:
+    """(arm, seed) of every flagged run."""
+    return {(r.arm, r.seed) for r, _ in slow_repeats(runs)} | {(r.arm, r.seed) for r in runs if dispersed(r)}
+
+
 def noise_warnings(runs: Sequence[Run]) -> list[str]:
     """One line per flagged run, naming the arm and seed and the numbers that flagged it."""
     lines = [

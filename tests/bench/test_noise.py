@@ -3,7 +3,14 @@
 import pytest
 
 from lightning_eff.bench.html import text
-from lightning_eff.bench.noise import batch_times, dispersed, noise_warnings, quantile, slow_repeats
+from lightning_eff.bench.noise import (
+    batch_times,
+    dispersed,
+    noise_warnings,
+    noisy_runs,
+    quantile,
+    slow_repeats,
+)
 from lightning_eff.bench.plots import MARKERS, caption, clip_bound, clipping, height_at
 from lightning_eff.bench.quality import spread
 from lightning_eff.bench.schema import Point, Run, Spread
@@ -50,6 +57,12 @@ def test_dispersed_batch_times_are_flagged():
     assert not dispersed(steady) and dispersed(bursty)
     lines = noise_warnings([steady, bursty])
     assert len(lines) == 1 and "baseline seed 1 batch times vary: p90 50.0ms is 5.0x the median 10.0ms" in lines[0]
+
+
+def test_the_report_marks_slow_and_dispersed_runs_alike():
+    runs = [make_run(seed=0, train_seconds=1.0), make_run(seed=1, train_seconds=1.1), make_run(seed=2, train_seconds=2.5),
+            make_run("recipe", seed=0, batch=[0.01] * 16 + [0.05] * 4), make_run("recipe", seed=1)]
+    assert noisy_runs(runs) == {("baseline", 2), ("recipe", 0)}
 
 
 def test_one_value_is_printed_once_with_1_run():
