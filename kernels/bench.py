@@ -446,6 +446,11 @@ def selected(cases: list[Case], only: list[str] | None) -> list[Case]:
     return [c for c in cases if not only or any(c.op.startswith(prefix) for prefix in only)]
 
 
+def _dtype(case: Case) -> str:
+    """The dtype column of the console table: without it, cases differing only in dtype look duplicated."""
+    return str(case.dtype).removeprefix("torch.")
+
+
 def run_gpu(repeats: int, only: list[str] | None = None) -> Iterator[dict[str, Any]]:
     limits = ceilings(repeats)
     print(f"ceilings: copy {limits['GB/s']:.0f} GB/s, bf16 GEMM {limits['TFLOP/s']:.0f} TFLOP/s")
@@ -458,7 +463,7 @@ def run_gpu(repeats: int, only: list[str] | None = None) -> Iterator[dict[str, A
             **case.baselines,
         }
         for impl, fn in impls.items():
-            row = {"op": case.op, "shape": case.shape, "dtype": str(case.dtype).removeprefix("torch."), "impl": impl}
+            row = {"op": case.op, "shape": case.shape, "dtype": _dtype(case), "impl": impl}
             try:
                 inputs = case.make()
                 ms, peak = time_cuda(lambda fn=fn, inputs=inputs: fn(*inputs), repeats)
@@ -473,7 +478,7 @@ def run_gpu(repeats: int, only: list[str] | None = None) -> Iterator[dict[str, A
             finally:
                 inputs = None
                 torch.cuda.empty_cache()
-            print(f"{case.op:40s} {case.shape:>18s} {impl:26s} {row.get('ms', '-'):>10s} ms "
+            print(f"{case.op:40s} {case.shape:>18s} {_dtype(case):>9s} {impl:26s} {row.get('ms', '-'):>10s} ms "
                   f"{row.get('pct_of_ceiling', '-'):>6s} % {row['status'][:60]}", flush=True)
             yield row
 
@@ -490,8 +495,8 @@ def run_cpu(only: list[str] | None = None) -> Iterator[dict[str, Any]]:
         for backend in backends:
             error, status = check(case, backend)
             impl = "lightning_eff (interpreter)" if backend == "triton" else "reference"
-            print(f"{case.op:40s} {case.shape:>12s} {impl:28s} max rel error {error:.2g}  {status[:80]}", flush=True)
-            yield {"op": case.op, "shape": case.shape, "dtype": str(case.dtype).removeprefix("torch."),
+            print(f"{case.op:40s} {case.shape:>12s} {_dtype(case):>9s} {impl:28s} max rel error {error:.2g}  {status[:80]}", flush=True)
+            yield {"op": case.op, "shape": case.shape, "dtype": _dtype(case),
                    "impl": impl, "max_rel_error": f"{error:.3g}", "status": status}
     print("timings need a GPU: this run checked correctness only (no CUDA device)")
 

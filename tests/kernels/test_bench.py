@@ -24,7 +24,12 @@ def test_cpu_mode_checks_every_op_and_writes_a_csv(tmp_path, capsys):
     assert all(r["device"] == "cpu" and r["torch"] == torch.__version__ and r["ms"] == "" for r in rows)
     if _dispatch.INTERPRETED:
         assert {r["impl"] for r in rows} == {"lightning_eff (interpreter)", "reference"}
-    assert "timings need a GPU" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "timings need a GPU" in printed
+    # every console line names its dtype: rows that differ only in dtype must not look duplicated
+    lines = printed.splitlines()
+    for row in rows:
+        assert any(x.startswith(row["op"]) and row["shape"] in x and f" {row['dtype']} " in x for x in lines), row
 
 
 def test_a_wrong_kernel_fails_the_run(monkeypatch, tmp_path):
