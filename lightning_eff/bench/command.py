@@ -52,10 +52,11 @@ def parse_budget(text: str) -> int:
     help="Count training FLOPs in an untimed second pass of each run (separate), inside the timed runs "
     "(inline: cheaper, but counting slows them), or not at all.",
 )
+@click.option("--quick", is_flag=True, help="Smoke run: a few steps, one repeat, no warm-up. Measures nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines or progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout instead of the table.")
 @click.pass_context
-def bench(ctx, recipe, task, repeats, max_steps, budget, epochs, recipe_steps, evals, seed, warmup_steps, out, model, data, metric, mode, label_noise, tolerance, logger, accelerator, flops, quiet, as_json):
+def bench(ctx, recipe, task, repeats, max_steps, budget, epochs, recipe_steps, evals, seed, warmup_steps, out, model, data, metric, mode, label_noise, tolerance, logger, accelerator, flops, quick, quiet, as_json):
     """Time-to-quality: train a baseline and RECIPE on the same task and seeds, and compare.
 
     Writes results.json, quality plots and report.html into --out, and prints the table.
@@ -83,7 +84,7 @@ def bench(ctx, recipe, task, repeats, max_steps, budget, epochs, recipe_steps, e
             label_noise=label_noise, model=model, data=data, metric=metric,
             higher_is_better=None if mode is None else mode == "max", tolerance=tolerance, logger=logger,
             accelerator=accelerator, quiet=quiet or as_json, warmup_steps=warmup_steps, recipe_steps=recipe_steps,
-            epochs=epochs, flops=flops,
+            epochs=epochs, flops=flops, quick=quick,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
@@ -104,3 +105,34 @@ def kernels(args) -> None:
     status = main(list(args))
     if status:
         raise SystemExit(status)
+
+
+@bench.command(name="suite")
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="bench-out/suite", show_default=True,
+              help="One report folder per entry, and results.html.")
+@click.option("--page", type=click.Path(dir_okay=False), default=None,
+              help="Also write the Markdown results page here (the repository's is docs/results.md).")
+@click.option("--only", multiple=True, help="Run only these entries (repeatable); default: all.")
+@click.option("--repeats", "-n", type=click.IntRange(min=1), default=None, help="Repeats per entry (default: each task's).")
+@click.option("--quick", is_flag=True, help="Smoke run of every entry: a few steps, one repeat. Measures nothing.")
+def suite(out, page, only, repeats, quick) -> None:
+    """Every shipped recipe on its regime's task, Lightning's own callbacks beside ours, and the pairs that
+    claim to compose; one results page. A stopped suite continues where it stopped."""
+    import os
+    from pathlib import Path
+
+    from lightning_eff.bench.suite import run_suite
+    from lightning_eff.bench.suite_page import write_html, write_markdown
+
+    command = "lightning-eff bench suite" + (" --quick" if quick else "") + "".join(f" --only '{o}'" for o in only)
+    try:
+        rows = run_suite(out, only=only or None, quick=quick, repeats=repeats)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    html = write_html(rows, Path(out), command)
+    written = [str(html)]
+    if page:
+        relative = os.path.relpath(Path(out).resolve(), Path(page).resolve().parent)
+        written.append(str(write_markdown(rows, Path(page), command, link_prefix=f"{Path(relative).as_posix()}/")))
+    written.append(str(write_markdown(rows, Path(out) / "results.md", command)))
+    click.echo("results: " + ", ".join(written))

@@ -112,6 +112,7 @@ def run_bench(
     recipe_steps: float = 1.0,
     epochs: int | None = None,
     flops: str = "separate",
+    quick: bool = False,
 ) -> BenchResult:
     """Train the baseline and the recipe ``repeats`` times each and compare time-to-quality.
 
@@ -124,11 +125,17 @@ def run_bench(
     ``epochs``: the budget is that many epochs instead of steps (``max_steps`` must then be None), so
     techniques that shorten epochs (InfoBatch) save steps; evaluated at each epoch's end, or
     ``ceil(evals / epochs)`` times per epoch.
+    ``quick``: the task's ``quick_max_steps``, one repeat, two evaluations, no warm-up: a smoke run.
     ``flops``: ``separate`` counts training FLOPs in an untimed second pass of each run (timing
     undistorted), ``inline`` inside the timed runs (cheaper, but slows them), ``off`` not at all.
     """
     bench_task = resolve_task(task, model, data, metric, higher_is_better, label_noise)
     loaded = resolve_recipe(recipe)
+    if quick:  # every code path for a few steps (tests, smoke runs): measures nothing, and says so
+        if max_steps is not None or epochs is not None:
+            raise ConfigError("quick sets the budget (the task's quick_max_steps): drop max_steps / epochs")
+        max_steps, evals, warmup_steps = bench_task.quick_max_steps, min(evals, 2), 0
+        repeats = 1 if repeats is None else repeats
     if logger not in LOGGERS:
         raise ConfigError(f"unknown logger '{logger}'; choose one of {', '.join(LOGGERS)}")
     if logger != "none" and out is None:
@@ -156,6 +163,8 @@ def run_bench(
     say = progress or ((lambda line: None) if quiet else _stderr)
 
     warnings = []
+    if quick:
+        warnings.append(f"quick run ({steps} steps, {repeats} repeat(s)): it checks that everything runs, it measures nothing")
     if max_steps and steps != max_steps:
         warnings.append(f"max_steps rounded up from {max_steps} to {steps} so that the last step is evaluated")
     overridden = sorted(set(loaded.trainer) & {*FIXED_TRAINER_KEYS, "val_check_interval"})

@@ -18,8 +18,8 @@ from typing import Any
 from lightning_eff.bench.suite_entries import ENTRIES, SuiteEntry, entry_folder
 from lightning_eff.errors import ConfigError
 
-#: ``--quick``: every run a few steps, one repeat; checks the plumbing, measures nothing
-QUICK = {"max_steps": 4, "epochs": None, "repeats": 1, "evals": 2, "warmup_steps": 0}
+#: budget options ``--quick`` replaces by the task's quick size (``run_bench(quick=True)``)
+BUDGET_OPTIONS = ("max_steps", "epochs", "recipe_steps")
 SETTINGS_FILE = "suite-settings.json"
 
 
@@ -53,8 +53,7 @@ def entry_recipe(entry: SuiteEntry) -> Any:
 def bench_options(entry: SuiteEntry, quick: bool, repeats: int | None) -> dict[str, Any]:
     options = dict(entry.options)
     if quick:
-        options.update(QUICK)
-        options.pop("recipe_steps", None)
+        options = {k: v for k, v in options.items() if k not in BUDGET_OPTIONS} | {"quick": True}
     if repeats is not None:
         options["repeats"] = repeats
     return options

@@ -102,3 +102,23 @@ def test_spread_text_prints_one_value_once():
     assert spread_text(Spread(min=1.5, median=1.5, max=1.5, n=1)) == "1.50x (1 run)"
     assert spread_text(Spread(min=1.2, median=1.5, max=1.9, n=3)) == "1.50x (1.20-1.90)"
     assert spread_text(None) == "-"
+
+
+def test_the_suite_command_writes_the_page_with_links_relative_to_it(tmp_path):
+    from click.testing import CliRunner
+
+    from lightning_eff.bench.command import bench
+
+    out, page = tmp_path / "out", tmp_path / "docs" / "results.md"
+    result = CliRunner().invoke(bench, ["suite", "--quick", "--only", "random_subset", "--out", str(out), "--page", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "[random_subset](../out/random_subset/report.html)" in page.read_text()
+    assert (out / "results.html").is_file() and (out / "results.md").is_file()
+
+
+def test_quick_bench_is_labelled_as_measuring_nothing():
+    from lightning_eff.bench.harness import run_bench
+
+    result = run_bench(task="vision", recipe="random_subset", quick=True, quiet=True, flops="off")
+    assert result.task.max_steps == 6 and len(result.runs) == 2
+    assert any("measures nothing" in w for w in result.warnings)
