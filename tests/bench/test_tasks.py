@@ -76,3 +76,29 @@ def test_finetune_labels_are_balanced_and_validation_texts_unseen():
         for i, doc in enumerate(package_docstrings(package)):
             split_of.setdefault(doc, set()).add("val" if i % 5 == 0 else "train")
     assert all(len(s) == 1 for s in split_of.values())  # no docstring is in both splits
+
+
+def test_finetune_is_ready_for_activation_caching():
+    """The demo recipe needs: static data, sample indices from the sampler, no dropout below the
+    last encoder layer (the same model in both arms)."""
+    from torch import nn
+
+    from lightning_eff.plugins.data import InfoBatchSampler
+
+    task = get_task("finetune")
+    data, module = task.make_data(), task.make_module()
+    assert data.static_data is True
+    assert isinstance(data.train_dataloader().sampler, InfoBatchSampler)
+    layers = module.model.bert.encoder.layer
+    below = [m for block in [module.model.bert.embeddings, *layers[:-1]] for m in block.modules() if isinstance(m, nn.Dropout)]
+    assert below and all(m.p == 0.0 for m in below)
+    assert any(m.p > 0 for m in layers[-1].modules() if isinstance(m, nn.Dropout)), "the last layer keeps its dropout"
+
+
+def test_the_demo_recipe_caches_the_frozen_bottom_of_finetune():
+    from lightning_eff.bench.harness import run_bench
+
+    result = run_bench(task="finetune", recipe="quickstart", quick=True, quiet=True, flops="inline", evals=2)
+    baseline, recipe = result.runs
+    assert recipe.frozen_fraction > 0.8 and baseline.frozen_fraction == 0.0
+    assert recipe.backward_flops < 0.5 * baseline.backward_flops  # no backward below layer 4
