@@ -75,33 +75,31 @@ ROWS = (
 OPTIONAL = {"tokens_per_second", "samples_skipped", "experts", "flops", "forward_flops", "backward_flops"}  # shown only when measured
 
 
-def time_to_quality_row(result: BenchResult) -> Row:
+def _to_quality_row(result: BenchResult, label: str, key: str, unit: str, word: str, spread) -> Row:
+    """A "... to quality" row: the baseline's and recipe's medians, the ratio with how many reached."""
     s = result.summary
     if s.reached == 0:
         recipe, ratio = DID_NOT_REACH, DID_NOT_REACH
     else:
-        recipe = fmt(s.recipe["time_to_quality"], "seconds")
-        ratio = "speed-up " + fmt_spread(s.speedup, "x")
+        recipe = fmt(s.recipe[key], unit)
+        ratio = f"{word} " + fmt_spread(spread, "x")
         if s.reached < s.repeats:
             recipe += f" ({s.reached}/{s.repeats} reached)"
             ratio += f" ({s.repeats - s.reached} did not reach)"
-    return Row("time to quality (s)", fmt(s.baseline["time_to_quality"], "seconds"), recipe, ratio)
+    return Row(label, fmt(s.baseline[key], unit), recipe, ratio)
+
+
+def time_to_quality_row(result: BenchResult) -> Row:
+    return _to_quality_row(result, "time to quality (s)", "time_to_quality", "seconds", "speed-up", result.summary.speedup)
 
 
 def compute_to_quality_row(result: BenchResult) -> Row | None:
     """FLOPs at the same evaluation as time to quality; the ratio column is baseline / recipe."""
-    s = result.summary
-    if s.compute_verdict == "not counted":
+    if result.summary.compute_verdict == "not counted":
         return None
-    if s.reached == 0:
-        recipe, ratio = DID_NOT_REACH, DID_NOT_REACH
-    else:
-        recipe = fmt(s.recipe["flops_to_quality"], "flops")
-        ratio = "saving " + fmt_spread(s.compute_saving, "x")
-        if s.reached < s.repeats:
-            recipe += f" ({s.reached}/{s.repeats} reached)"
-            ratio += f" ({s.repeats - s.reached} did not reach)"
-    return Row("compute to quality (FLOP)", fmt(s.baseline["flops_to_quality"], "flops"), recipe, ratio)
+    return _to_quality_row(
+        result, "compute to quality (FLOP)", "flops_to_quality", "flops", "saving", result.summary.compute_saving
+    )
 
 
 def delta_text(values: list[float]) -> str:
