@@ -95,11 +95,20 @@ class FreezingTechnique(Technique):
         self.cache: ActivationCache | None = None
         self.cache_limit = 0
         self._index_source: tuple[Any, int] | None = None
+        self.block_names: tuple[str, ...] = ()  # as found at preflight: shown in the plan
 
     # -- blocks and preflight ------------------------------------------------------------------------
 
     def find_blocks(self, pl_module) -> Blocks:
-        return find_blocks(pl_module, self.config.blocks)
+        blocks = find_blocks(pl_module, self.config.blocks)
+        self.block_names = blocks.names
+        return blocks
+
+    def __repr__(self) -> str:
+        # The plan printed at fit start (after preflight found the blocks) shows the freezing order.
+        if not self.block_names:
+            return super().__repr__()
+        return f"{super().__repr__()} blocks in freezing order: {', '.join(self.block_names)}"
 
     def validate(self, trainer, pl_module) -> list[str]:
         blocks = self.find_blocks(pl_module)

@@ -108,7 +108,10 @@ class SelectiveFinetuning(FreezingTechnique):
     def validate(self, trainer, pl_module) -> list[str]:
         c = self.config
         blocks = self.find_blocks(pl_module)
-        problems = block_problems(pl_module, blocks, minimum=max(1, c.train_last_blocks))
+        # only train_last_blocks depends on the blocks' order
+        problems = block_problems(
+            pl_module, blocks, minimum=max(1, c.train_last_blocks), ordered=c.train_last_blocks > 0
+        )
         if problems:
             return problems
         freezer = BlockFreezer(pl_module, blocks)

@@ -91,10 +91,11 @@ def test_cnn_without_containers_uses_children_in_registration_order_through_wrap
     assert find_blocks(Wrapper(PlainCNN())).names == ("inner.conv1", "inner.conv2", "inner.fc")
 
 
-def test_patterns_name_the_outermost_matching_modules_in_model_order():
+def test_patterns_name_the_outermost_matching_modules_in_pattern_order():
     model = tiny_llama()
-    blocks = find_blocks(model, ["lm_head", "model.layers.*"])  # pattern order does not matter
+    blocks = find_blocks(model, ["model.layers.*", "lm_head"])  # the order given is the freezing order
     assert blocks.names == ("model.layers.0", "model.layers.1", "model.layers.2", "lm_head")
+    assert find_blocks(model, ["lm_head", "model.layers.*"]).names[0] == "lm_head"
     assert blocks.unmatched == ()
 
 
