@@ -21,6 +21,10 @@ written            unit                            resolves to
 ``"2e6tokens"``    tokens                          ``ceil(2e6 / tokens_per_step)``
 =================  ==============================  ============================================
 
+Given the Trainer (``to_steps(point, total, trainer=trainer)``), samples and tokens per step are read
+from the training DataLoader: ``batch_size x accumulate_grad_batches x world_size`` samples, times
+the length of a sample's ``input_ids`` for tokens (fixed-length samples given as mappings).
+
 An ``int`` is always steps and a ``float`` always a fraction: ``1`` is the first step, ``1.0`` the
 end of the run. Strings of a bare number follow the same rule (``"500"`` steps, ``"0.5"``
 fraction), so values from a command line mean what they would in YAML.
@@ -175,12 +179,14 @@ def to_steps(
     total_steps: float,
     samples_per_step: int | None = None,
     tokens_per_step: int | None = None,
+    trainer: pl.Trainer | None = None,
 ) -> int:
     """The optimizer step a time point names.
 
     Fractions round to the nearest step (``0.5`` of 3 steps is step 2); samples and tokens round up,
     to the first step by whose end at least that many have been seen. ``total_steps`` may be
-    ``math.inf`` as long as the point is not a fraction.
+    ``math.inf`` as long as the point is not a fraction. Samples and tokens per step not given are
+    read from ``trainer``'s training DataLoader (:func:`per_step_of`).
     """
     point = TimePoint.parse(point)
     if point.unit == "steps":
@@ -194,12 +200,76 @@ def to_steps(
             )
         return int(point.value * total_steps + 0.5)
     per_step = samples_per_step if point.unit == "samples" else tokens_per_step
+    if (per_step is None or per_step <= 0) and trainer is not None:
+        per_step = per_step_of(trainer, point)
     if per_step is None or per_step <= 0:
         raise ConfigError(
             f"time point {point} is in {point.unit}, which needs {point.unit}_per_step (got {per_step}): "
-            f"pass it, or give the time in steps or as a fraction"
+            f"pass {point.unit}_per_step= or trainer= to to_steps, or give the time in steps or as a fraction"
         )
     return math.ceil(point.value / per_step)
+
+
+def step_resolver(trainer: pl.Trainer, total_steps: float) -> Callable[[TimeLike], int]:
+    """``to_steps`` for one fit: samples and tokens per step read from its training DataLoader."""
+    return lambda point: to_steps(point, total_steps, trainer=trainer)
+
+
+def _first_train_loader(trainer: pl.Trainer) -> Any:
+    """The fit's (first) training DataLoader: the loaded one, else the one the data source gives
+    (preflight and ``setup`` run before Lightning loads it)."""
+    loaders = getattr(trainer, "train_dataloader", None)
+    if loaders is None:
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        loaders = source.dataloader() if source is not None and source.is_defined() else None
+    while isinstance(loaders, (dict, list, tuple)) and loaders:
+        loaders = next(iter(loaders.values())) if isinstance(loaders, dict) else loaders[0]
+    return loaders
+
+
+def _sequence_length(loader: Any) -> int | None:
+    """The length of a training sample's ``input_ids`` (samples given as mappings), else None."""
+    from collections.abc import Mapping, Sized
+
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or not isinstance(dataset, Sized) or len(dataset) == 0:
+        return None
+    sample = dataset[0]
+    ids = sample.get("input_ids") if isinstance(sample, Mapping) else None
+    shape = getattr(ids, "shape", None)
+    if shape is not None and len(shape) >= 1:
+        return int(shape[-1])
+    return len(ids) if isinstance(ids, (list, tuple)) else None
+
+
+def per_step_of(trainer: pl.Trainer, point: TimePoint) -> int:
+    """Samples (or tokens, by ``point``'s unit) one optimizer step of this fit consumes, from the
+    training DataLoader's batch size; a ConfigError naming what to set when it cannot be known."""
+    fix = f"or give {point} in steps or as a fraction of the run"
+    loader = _first_train_loader(trainer)
+    if loader is None:
+        raise ConfigError(
+            f"time point {point} is in {point.unit}, but this fit has no training DataLoader to read the batch size "
+            f"from yet: pass train_dataloaders= or a datamodule to Trainer.fit, {fix}"
+        )
+    batch_size = getattr(loader, "batch_size", None)
+    if not batch_size:
+        raise ConfigError(
+            f"time point {point} is in {point.unit}, but the training DataLoader has no batch_size (it batches through "
+            f"a batch_sampler or its dataset), so the {point.unit} per optimizer step are unknown: build it with "
+            f"DataLoader(..., batch_size=N), {fix}"
+        )
+    per_step = samples_per_step(trainer, batch_size)
+    if point.unit == "samples":
+        return per_step
+    length = _sequence_length(loader)
+    if length is None:
+        raise ConfigError(
+            f"time point {point} is in tokens, but the tokens per sample are unknown: they are read from the "
+            "'input_ids' of the training dataset's first sample (a mapping of fixed-length sequences); give the "
+            f"time in samples, {fix}"
+        )
+    return per_step * length
 
 
 # -- reading the Trainer ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import Tensor
 from lightning_eff import ConfigError, Technique, TechniqueConfig, hookimpl
 from lightning_eff.config_types import Seed
 from lightning_eff.module import batch_size_of, index_batch
-from lightning_eff.schedule import TimePoint, to_steps
+from lightning_eff.schedule import TimePoint, step_resolver
 
 from .stats import ScoreStats
 from .window import ActiveWindow
@@ -80,19 +80,9 @@ class BatchSelector(Technique):
     # -- preflight and setup ---------------------------------------------------------------------
 
     def _resolve_window(self, trainer) -> ActiveWindow:
-        from lightning_eff.schedule import samples_per_step
-
         c = self.config
-        total = float(trainer.estimated_stepping_batches)
-        per_step = None
-        if "samples" in (c.start.unit, c.end.unit):
-            loader = trainer.datamodule.train_dataloader() if trainer.datamodule is not None else None
-            per_step = (
-                samples_per_step(trainer, loader.batch_size)
-                if loader is not None and loader.batch_size
-                else None
-            )
-        return ActiveWindow(to_steps(c.start, total, per_step), to_steps(c.end, total, per_step), c.interrupt)
+        steps = step_resolver(trainer, float(trainer.estimated_stepping_batches))
+        return ActiveWindow(steps(c.start), steps(c.end), c.interrupt)
 
     def validate(self, trainer, pl_module) -> list[str]:
         from lightning_eff.module import EfficientModule

@@ -89,8 +89,8 @@ class AdaptiveFreezing(FreezingTechnique):
 
     def prepare(self, trainer, pl_module) -> None:
         c, blocks = self.config, len(self.freezer)
-        self.every_steps = max(1, to_steps(c.every, self.total_steps))
-        self.start_step = to_steps(c.start, self.total_steps)
+        self.every_steps = max(1, to_steps(c.every, self.total_steps, trainer=trainer))
+        self.start_step = to_steps(c.start, self.total_steps, trainer=trainer)
         self.max_blocks = min(blocks - 1, frozen_block_count(c.max_fraction, blocks))
         self.window_sums = [0.0] * blocks
 
@@ -167,9 +167,10 @@ class AdaptiveFreezing(FreezingTechnique):
                 f"raise it to at least {1 / blocks:.3g} or name finer blocks with `blocks`"
             )
         try:
-            every, start = max(1, to_steps(c.every, total)), to_steps(c.start, total)
+            every = max(1, to_steps(c.every, total, trainer=trainer))
+            start = to_steps(c.start, total, trainer=trainer)
         except ValueError as exc:
-            return problems + [f"every={c.every}/start={c.start} use fractions but {exc}"]
+            return problems + [f"every={c.every}/start={c.start}: {exc}"]
         first_decision = max(2 * every, -(-start // every) * every)  # decisions fall on multiples of every
         if math.isfinite(total) and first_decision >= total:
             problems.append(

@@ -63,11 +63,12 @@ class ProgressiveFreezing(FreezingTechnique):
         )
         self.start_step = self.end_step = 0
 
-    def _steps(self, total: float) -> tuple[int, int]:
-        return to_steps(self.config.start, total), to_steps(self.config.end, total)
+    def _steps(self, total: float, trainer) -> tuple[int, int]:
+        c = self.config
+        return to_steps(c.start, total, trainer=trainer), to_steps(c.end, total, trainer=trainer)
 
     def prepare(self, trainer, pl_module) -> None:
-        self.start_step, self.end_step = self._steps(self.total_steps)
+        self.start_step, self.end_step = self._steps(self.total_steps, trainer)
 
     def prefix_at(self, step: int) -> int:
         c = self.config
@@ -85,7 +86,7 @@ class ProgressiveFreezing(FreezingTechnique):
     def most_frozen_prefix(self, trainer, freezer: BlockFreezer) -> int:
         total_steps = float(trainer.estimated_stepping_batches)
         try:
-            start, end = self._steps(total_steps)
+            start, end = self._steps(total_steps, trainer)
         except ValueError:
             return len(freezer) - 1
         return min(len(freezer) - 1, self._most(start, end, total_steps, len(freezer)))
@@ -93,9 +94,9 @@ class ProgressiveFreezing(FreezingTechnique):
     def schedule_problems(self, trainer, freezer: BlockFreezer) -> list[str]:
         c, total_steps = self.config, float(trainer.estimated_stepping_batches)
         try:
-            start, end = self._steps(total_steps)
+            start, end = self._steps(total_steps, trainer)
         except ValueError as exc:
-            return [f"start={c.start}/end={c.end} use fractions but {exc}"]
+            return [f"start={c.start}/end={c.end}: {exc}"]
         problems = []
         if start >= end:
             problems.append(

@@ -25,7 +25,7 @@ from lightning_eff.schedule import (
     check_window,
     every,
     interpolate,
-    to_steps,
+    step_resolver,
     training_progress,
 )
 
@@ -133,10 +133,11 @@ class GradualPruning(Technique):
         if taken:
             problems.append(f"modules {taken[:3]} already carry a '{MASK_BUFFER}' (another pruning technique?): exclude them")
         total = training_progress(trainer, need_total=False)[1]
+        steps = step_resolver(trainer, total)
         try:
-            start, end = to_steps(c.start, total), to_steps(c.end, total)
-            to_steps(c.update_every, total)
-            rewind = to_steps(c.rewind_to, total) if c.rewind_to is not None else None
+            start, end = steps(c.start), steps(c.end)
+            steps(c.update_every)
+            rewind = steps(c.rewind_to) if c.rewind_to is not None else None
         except ConfigError as exc:
             return problems + [str(exc)]
         if start > end:
@@ -156,9 +157,10 @@ class GradualPruning(Technique):
             return
         c = self.config
         total = training_progress(trainer, need_total=False)[1]
-        self.start_step, self.end_step = to_steps(c.start, total), to_steps(c.end, total)
-        self.every = max(1, to_steps(c.update_every, total))
-        self.rewind_step = to_steps(c.rewind_to, total) if c.rewind_to is not None else None
+        steps = step_resolver(trainer, total)
+        self.start_step, self.end_step = steps(c.start), steps(c.end)
+        self.every = max(1, steps(c.update_every))
+        self.rewind_step = steps(c.rewind_to) if c.rewind_to is not None else None
         self.masked = MaskedWeights(self._selection(pl_module).modules)
         self.total_params = sum(p.numel() for p in {id(p): p for p in pl_module.parameters()}.values())
         if self._pending is not None:

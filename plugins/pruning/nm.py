@@ -29,7 +29,14 @@ from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError
 from lightning_eff.kernels.nm_sparsity import masked_update_, nm_mask, nm_mask_decay
-from lightning_eff.schedule import TimeLike, TimePoint, check_window, interpolate, to_steps, training_progress
+from lightning_eff.schedule import (
+    TimeLike,
+    TimePoint,
+    check_window,
+    interpolate,
+    step_resolver,
+    training_progress,
+)
 
 from .masked import MASK_BUFFER, MaskedWeights
 from .targets import overlap_problems, select_modules, selection_problems
@@ -172,9 +179,10 @@ class NMSparsity(Technique):
             if MASK_BUFFER in module._buffers:
                 problems.append(f"module '{name}' already carries a '{MASK_BUFFER}' (another pruning technique?): exclude it")
         total = training_progress(trainer, need_total=False)[1]
+        steps = step_resolver(trainer, total)
         try:
-            start, _ = to_steps(c.start, total), to_steps(c.update_every, total)
-            flow = (to_steps(c.flow_decay_start, total), to_steps(c.flow_decay_end, total))
+            start, _ = steps(c.start), steps(c.update_every)
+            flow = (steps(c.flow_decay_start), steps(c.flow_decay_end))
         except ConfigError as exc:
             return problems + [str(exc)]
         if start > total:
@@ -191,8 +199,9 @@ class NMSparsity(Technique):
             return
         c = self.config
         total = training_progress(trainer, need_total=False)[1]
-        self.start_step, self.every = to_steps(c.start, total), max(1, to_steps(c.update_every, total))
-        self.flow_start, self.flow_end = to_steps(c.flow_decay_start, total), to_steps(c.flow_decay_end, total)
+        steps = step_resolver(trainer, total)
+        self.start_step, self.every = steps(c.start), max(1, steps(c.update_every))
+        self.flow_start, self.flow_end = steps(c.flow_decay_start), steps(c.flow_decay_end)
         self.masked = MaskedWeights(self._selection(pl_module).modules)
         self.hidden = {n: torch.zeros_like(self.masked.weight(n), memory_format=torch.contiguous_format)
                        for n in self.masked.names()}

@@ -24,7 +24,7 @@ from torch import Tensor
 from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError
-from lightning_eff.schedule import TimeLike, TimePoint, check_window, to_steps, training_progress
+from lightning_eff.schedule import TimeLike, TimePoint, check_window, step_resolver, training_progress
 
 from .gradual import is_update_step, sparsity_at
 from .heads import head_problems
@@ -132,8 +132,9 @@ class StructuredPruning(Technique):
         problems += overlap_problems(self, trainer, pl_module)
         problems += self.strategy_problems(trainer)
         total = training_progress(trainer, need_total=False)[1]
+        steps = step_resolver(trainer, total)
         try:
-            start, end, _ = to_steps(c.start, total), to_steps(c.end, total), to_steps(c.update_every, total)
+            start, end, _ = steps(c.start), steps(c.end), steps(c.update_every)
         except ConfigError as exc:
             return problems + [str(exc)]
         if start > end:
@@ -166,8 +167,9 @@ class StructuredPruning(Technique):
             return
         c = self.config
         total = training_progress(trainer, need_total=False)[1]
-        self.start_step, self.end_step = to_steps(c.start, total), to_steps(c.end, total)
-        self.every = max(1, to_steps(c.update_every, total))
+        steps = step_resolver(trainer, total)
+        self.start_step, self.end_step = steps(c.start), steps(c.end)
+        self.every = max(1, steps(c.update_every))
         self.groups = select_groups(find_groups(pl_module, c.kind), c.include_names, c.exclude_names)[0]
         self.modules = dict(pl_module.named_modules())
         self.keep = {g.name: torch.ones(g.units, dtype=torch.bool) for g in self.groups}
