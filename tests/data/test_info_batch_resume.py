@@ -3,6 +3,7 @@ step-interval checkpoints land mid-epoch): the sampler continues where the check
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from data_helpers import InfoBatchData
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -102,3 +103,16 @@ def test_resume_from_a_model_checkpoint_every_n_train_steps(tmp_path):
     resumed = fit(ckpt_path=tmp_path / "step=15.ckpt")
     problems = state_differences(full.state_dict(), resumed.state_dict(), "weights")
     assert not problems, problems
+
+
+class EpochScheduledClassifier(TinyClassifier):
+    """Steps its learning rate at epoch ends: the resumed epoch must end where the uninterrupted one did."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def test_epoch_interval_schedulers_step_at_the_end_of_the_resumed_epoch(tmp_path):
+    assert_resume_equivalent(EpochScheduledClassifier, InfoBatchData, techniques, 10, tmp_path)
