@@ -17,6 +17,9 @@ from template_helpers import bake, clean_env, files_under, run_pytest, unrendere
 
 from lightning_eff.new import new
 
+# cookiecutter.json's default; `lightning-eff new` defaults to this checkout (test_lightning_eff_source.py)
+TEMPLATE_DEFAULT_SOURCE = "lightning-eff>=0.1"
+
 PACKAGE = "leff_gradient_noise"
 PLUGIN_FILES = {
     ".gitignore",
@@ -59,7 +62,7 @@ def test_plugin_template_generates_exactly_these_files(plugin):
 
 
 def test_lightning_eff_new_plugin_bakes_the_same_files(plugin, tmp_path):
-    result = CliRunner().invoke(new, ["plugin", "Gradient Noise", "-o", str(tmp_path)])
+    result = CliRunner().invoke(new, ["plugin", "--lightning-eff", TEMPLATE_DEFAULT_SOURCE, "Gradient Noise", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     made = tmp_path / "leff-gradient-noise"
     assert files_under(made) == PLUGIN_FILES

@@ -8,6 +8,9 @@ from template_helpers import bake, files_under, run_pytest, unrendered
 
 from lightning_eff.new import new
 
+# cookiecutter.json's default; `lightning-eff new` defaults to this checkout (test_lightning_eff_source.py)
+TEMPLATE_DEFAULT_SOURCE = "lightning-eff>=0.1"
+
 PROJECT_FILES = {
     ".gitignore",
     "Makefile",
@@ -36,7 +39,7 @@ def test_project_template_generates_exactly_these_files(project):
 
 
 def test_lightning_eff_new_project_bakes_the_same_files(project, tmp_path):
-    result = CliRunner().invoke(new, ["project", "Digits Demo", "-o", str(tmp_path)])
+    result = CliRunner().invoke(new, ["project", "--lightning-eff", TEMPLATE_DEFAULT_SOURCE, "Digits Demo", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     made = tmp_path / "digits-demo"
     assert files_under(made) == PROJECT_FILES
