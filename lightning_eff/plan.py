@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lightning_eff.errors import PreflightError
-from lightning_eff.technique import PHASES, Technique
+from lightning_eff.technique import PHASES, Technique, batch_selector_problems
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -107,9 +107,7 @@ def trainer_problems(techniques: Sequence[Technique], trainer: pl.Trainer, pl_mo
                 f"{t.name} needs the LightningModule to mix in lightning_eff.EfficientModule "
                 f"(class {type(pl_module).__name__}(EfficientModule, LightningModule)) and implement per_sample_loss"
             )
-    selectors = [t.name for t in techniques if t.selects_batches]
-    if len(selectors) > 1:
-        problems.append(f"two batch selectors are active ({', '.join(selectors)}): keep only one of them")
+    problems += batch_selector_problems(techniques)
 
     strategy = strategy_kind(trainer.strategy)
     for t in techniques:

@@ -31,7 +31,10 @@ class SuiteEntry:
 NOISY = {"label_noise": 0.3}
 
 ENTRIES: tuple[SuiteEntry, ...] = (
-    SuiteEntry("quickstart", "quickstart", "finetune", regime="the demo: fine-tuning a pretrained MiniLM, frozen prefix cached"),
+    SuiteEntry(
+        "quickstart", "quickstart", "finetune", {"recipe_steps": 2.0, "evals": 8},
+        regime="the demo: fine-tuning a pretrained MiniLM, frozen bottom cached, twice the (cheaper) steps",
+    ),
     # pruning: long enough to recover
     SuiteEntry("gradual_pruning", "gradual_pruning", "lm", {"max_steps": 600}, regime="80% sparsity with a budget long enough to recover"),
     SuiteEntry("nm_sparsity", "nm_sparsity", "finetune", regime="2:4 while fine-tuning a pretrained model"),

@@ -51,17 +51,6 @@ def _import_attribute(path: str, option: str, form: str) -> Any:
         raise ConfigError(f"{option}={path!r}: module '{module_name}' has no attribute '{attr}'") from None
 
 
-def import_factory(path: str) -> Any:
-    """``"pkg.module:name"`` -> the object (called when it is a function or class without arguments).
-
-    Only for import paths the user types on a command line of their own; a recipe's class path goes
-    through :func:`import_class`, which never calls what it imports."""
-    obj = _import_attribute(path, "reference", "an import path as 'pkg.module:factory'")
-    if inspect.isfunction(obj) or inspect.isclass(obj):
-        obj = obj()
-    return obj
-
-
 def import_class(path: str, base: type, option: str) -> type:
     """``"pkg.module:Class"`` -> the class, which must subclass ``base``.
 

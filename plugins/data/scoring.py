@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -192,7 +191,8 @@ def ifd_scores(
 
 
 def load_reference_lm(spec: str) -> ReferenceLM:
-    """A user's reference LM: ``pkg.module:factory`` or a local ``save_pretrained`` folder."""
+    """A user's reference LM: ``pkg.module:ModelClass`` (a byte-level causal LM built without
+    arguments) or a local ``save_pretrained`` folder."""
     path = Path(spec)
     if path.is_dir():
         transformers = require("transformers", "perplexity scoring", extra="hf")
@@ -202,17 +202,13 @@ def load_reference_lm(spec: str) -> ReferenceLM:
             tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             return ReferenceLM(model.eval(), lambda t: tok.encode(t, add_special_tokens=False), tok.bos_token_id, str(path))
         return ReferenceLM(model.eval(), name=str(path))
-    from .reference import import_factory
+    from .reference import import_class
 
-    obj: Any = import_factory(spec)
-    if isinstance(obj, ReferenceLM):
-        return obj
-    if isinstance(obj, tuple) and len(obj) == 2:
-        model, encode = obj
-        return ReferenceLM(model.eval(), encode, None, spec)
-    if isinstance(obj, torch.nn.Module):
-        return ReferenceLM(obj.eval(), name=spec)
-    raise ConfigError(
-        f"--model {spec!r} gave a {type(obj).__name__}; the factory must return a byte-level causal LM "
-        "(torch.nn.Module), a pair (model, encode) or a ReferenceLM"
-    )
+    # An import path names a class, built here without arguments; a function is refused uncalled
+    # (issue 15: `tempfile:mkdtemp` used to be called). A model with its own tokenizer: a folder.
+    cls = import_class(spec, torch.nn.Module, "--model")
+    try:
+        model = cls()
+    except TypeError as exc:
+        raise ConfigError(f"--model {spec!r}: {cls.__qualname__}() must build without arguments ({exc})") from None
+    return ReferenceLM(model.eval(), name=spec)

@@ -42,9 +42,10 @@ def runs_on_cpu(trainer_kwargs: dict[str, Any]) -> bool:
     return str(accelerator) == "cpu"
 
 
-def full_precision_step(point: TimePoint | None, total_steps: float) -> int | None:
-    """The first optimizer step trained in full precision (``None``: never)."""
-    return None if point is None else to_steps(point, total_steps)
+def full_precision_step(point: TimePoint | None, total_steps: float, trainer: Any = None) -> int | None:
+    """The first optimizer step trained in full precision (``None``: never); sample and token points
+    are read against the ``trainer``'s training DataLoader."""
+    return None if point is None else to_steps(point, total_steps, trainer=trainer)
 
 
 class MixedPrecisionConfig(TechniqueConfig):
@@ -150,7 +151,7 @@ class MixedPrecision(Technique):
             )
         ]
         try:
-            full_precision_step(c.full_precision_from, trainer.estimated_stepping_batches)
+            full_precision_step(c.full_precision_from, trainer.estimated_stepping_batches, trainer)
         except ConfigError as exc:
             problems.append(str(exc))
         return problems
@@ -164,7 +165,7 @@ class MixedPrecision(Technique):
         self.policy = fp32_policy_modules(pl_module, c.fp32_modules, c.fp32_types)
         for module in self.policy.values():
             keep_in_fp32(module)
-        self.switch_step = full_precision_step(c.full_precision_from, trainer.estimated_stepping_batches)
+        self.switch_step = full_precision_step(c.full_precision_from, trainer.estimated_stepping_batches, trainer)
         self._plugin = trainer.precision_plugin
         self._param_bytes = parameter_bytes(pl_module)
 

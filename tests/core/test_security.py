@@ -88,3 +88,24 @@ def test_reference_class_must_be_a_module_class(tmp_path):
     torch.save({}, tmp_path / "empty.pt")
     with pytest.raises(ConfigError, match="reference_class='tempfile:mkdtemp' names a function"):
         ref.load_reference(str(tmp_path / "empty.pt"), reference_class="tempfile:mkdtemp")
+
+
+def test_data_score_model_option_builds_a_module_class_and_never_calls_a_function(tmp_path):
+    """`lightning-eff data score --model pkg:name` named a factory it called: `tempfile:mkdtemp` ran."""
+    import tempfile
+
+    from lightning_eff.plugins.data.scoring import load_reference_lm
+
+    made = []
+    real = tempfile.mkdtemp
+    tempfile.mkdtemp = lambda *a, **k: made.append(1) or real(*a, **k)
+    try:
+        with pytest.raises(ConfigError, match="not a torch.nn.modules.module.Module subclass"):
+            load_reference_lm("tempfile:mkdtemp")
+    finally:
+        tempfile.mkdtemp = real
+    assert made == []
+    lm = load_reference_lm("torch.nn:Identity")
+    assert isinstance(lm.model, torch.nn.Identity) and not lm.model.training
+    with pytest.raises(ConfigError, match="must build without arguments"):
+        load_reference_lm("torch.nn:Linear")
