@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import heapq
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -154,8 +155,14 @@ def preflight(techniques: Sequence[Technique], trainer: pl.Trainer, pl_module: A
     return order
 
 
-def describe_plan(order: Sequence[Technique]) -> str:
+PLAN_WIDTH = 100  # a technique's repr with every option ran past 300 characters on one line
+
+
+def describe_plan(order: Sequence[Technique], width: int = PLAN_WIDTH) -> str:
+    """The plan printed at fit start: one entry per technique, its options wrapped under its name."""
     lines = ["lightning-eff plan (hooks run top to bottom, exit hooks bottom to top):"]
     for i, t in enumerate(order, 1):
-        lines.append(f"  {i}. {t.name:<24} phase={t.phase:<10} {t!r}")
+        lines.append(f"  {i}. {t.name} (phase: {t.phase})")
+        lines += textwrap.wrap(repr(t), width=width, initial_indent="       ", subsequent_indent="         ",
+                               break_on_hyphens=False)
     return "\n".join(lines)

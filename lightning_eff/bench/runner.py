@@ -84,10 +84,17 @@ def make_logger(kind: str, log_dir: Path | None, task: str, arm: str, repeat: in
     if kind == "wandb":
         import os
 
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
         online = os.environ.get("WANDB_MODE") == "online"  # offline unless asked: no account needed
-        return WandbLogger(project="lightning-eff-bench", name=f"{task}-{version}", group=task, save_dir=str(log_dir), offline=not online)
+        # wandb's banner, sync hints and run summary were about 28 lines per run between the bench's own
+        # lines; the run folder (save_dir) holds everything they said.
+        quiet = wandb.Settings(silent=True, console="off", disable_git=True)
+        return WandbLogger(
+            project="lightning-eff-bench", name=f"{task}-{version}", group=task, save_dir=str(log_dir), offline=not online,
+            settings=quiet,
+        )
     raise ValueError(f"unknown logger {kind!r}; choose one of {LOGGERS}")
 
 

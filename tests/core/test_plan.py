@@ -134,3 +134,15 @@ class _PlainClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.net.configure_optimizers()
+
+
+def test_the_printed_plan_wraps_long_option_lists():
+    from lightning_eff.plan import PLAN_WIDTH, describe_plan
+    from lightning_eff.plugins.freezing import SelectiveFinetuning
+    from lightning_eff.plugins.pruning import GradualPruning
+
+    order = [GradualPruning(final_sparsity=0.8, exclude_names=["head", "embed"]), SelectiveFinetuning(train_last_blocks=4)]
+    text = describe_plan(order)
+    assert max(len(line) for line in text.splitlines()) <= PLAN_WIDTH
+    assert "  1. gradual_pruning (phase:" in text and "  2. selective_finetuning (phase:" in text
+    assert repr(order[0]) == " ".join(text.split("  2. ")[0].split("\n", 2)[2].split())  # nothing lost
