@@ -37,9 +37,6 @@ def median_interval(stamps: list[float]) -> float:
 
 def plain_loop(task, steps: int) -> float:
     module, data = task.make_module(), task.make_data()
-    trainer = pl.Trainer(**quiet_trainer_kwargs(max_steps=steps))  # only to give configure_optimizers its trainer
-    module.trainer = trainer
-    trainer.fit_loop.max_steps = steps
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     loader = data.train_dataloader()
     stamps = []
@@ -64,7 +61,7 @@ def trainer_loop(task, steps: int) -> float:
 
     module, data = task.make_module(), task.make_data()
     clock = StepClock()
-    inactive = RandomSubset(start=0.999999, end=1.0)  # puts the hub in the loop, selects nothing before its start
+    inactive = RandomSubset(start=steps + 1000, end=steps + 2000)  # the hub in the loop; never starts
     trainer = pl.Trainer(**quiet_trainer_kwargs(max_steps=steps), callbacks=[clock, inactive])
     trainer.fit(module, datamodule=data)
     return median_interval(clock.stamps)
