@@ -98,7 +98,12 @@ class ProgressiveFreezing(FreezingTechnique):
         except ValueError as exc:
             return [f"start={c.start}/end={c.end}: {exc}"]
         problems = []
-        if start >= end:
+        if start >= total_steps:  # it used to train silently without ever freezing
+            problems.append(
+                f"start={c.start} (step {start}) is at or after the last step ({int(total_steps)}): nothing would "
+                "freeze in this run; give an earlier start (a fraction such as 0.5 follows the run's length)"
+            )
+        elif start >= end:
             problems.append(
                 f"start={c.start} (step {start}) is not before end={c.end} (step {end}): make start earlier than end"
             )

@@ -212,3 +212,12 @@ def test_composes_with_gradual_pruning_and_resumes_exactly(tmp_path):
     )
     frozen = [s["frozen_blocks"] for s in states.values() if "frozen_blocks" in s]
     assert frozen == [[0, 1, 2]]
+
+
+def test_a_start_after_the_last_step_is_refused_before_training():
+    """ProgressiveFreezing(start=200) in a 100-step run trained silently without ever freezing."""
+    from lightning_eff.testing import TinyClassifier, preflight_problems
+
+    (problem,) = preflight_problems([ProgressiveFreezing(start=200)], module=TinyClassifier(), max_steps=100)
+    assert "start=200steps (step 200) is at or after the last step (100)" in problem
+    assert preflight_problems([ProgressiveFreezing(start=50)], module=TinyClassifier(), max_steps=100) == []
