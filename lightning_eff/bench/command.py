@@ -125,10 +125,17 @@ def suite(out, page, only, repeats, quick) -> None:
     from lightning_eff.bench.suite_page import write_html, write_markdown
 
     command = "lightning-eff bench suite" + (" --quick" if quick else "") + "".join(f" --only '{o}'" for o in only)
+    from lightning_eff.bench.suite import SuiteEntriesFailed
+
+    failure = None
     try:
         rows = run_suite(out, only=only or None, quick=quick, repeats=repeats)
+    except SuiteEntriesFailed as exc:  # the page still shows what ran; the command then fails
+        rows, failure = exc.rows, exc
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if not rows:
+        raise click.ClickException(f"no suite entry ran: {failure}")
     html = write_html(rows, Path(out), command)
     written = [str(html)]
     if page:
@@ -136,3 +143,5 @@ def suite(out, page, only, repeats, quick) -> None:
         written.append(str(write_markdown(rows, Path(page), command, link_prefix=f"{Path(relative).as_posix()}/")))
     written.append(str(write_markdown(rows, Path(out) / "results.md", command)))
     click.echo("results: " + ", ".join(written))
+    if failure is not None:
+        raise click.ClickException(f"{len(failure.failed)} entr{'y' if len(failure.failed) == 1 else 'ies'} failed: {failure}")

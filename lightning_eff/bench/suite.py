@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_eff.bench.suite_entries import ENTRIES, SuiteEntry, entry_folder
-from lightning_eff.errors import ConfigError
+from lightning_eff.errors import ConfigError, LightningEffError
 
 #: budget options ``--quick`` replaces by the task's quick size (``run_bench(quick=True)``)
 BUDGET_OPTIONS = ("max_steps", "epochs", "recipe_steps")
@@ -29,6 +29,14 @@ class SuiteRow:
     folder: str
     result: Any  # BenchResult
     ran_now: bool
+
+
+class SuiteEntriesFailed(LightningEffError):
+    """Some entries failed before training (their errors); ``rows`` holds the ones that ran."""
+
+    def __init__(self, rows: list[SuiteRow], failed: list[tuple[SuiteEntry, str]]) -> None:
+        self.rows, self.failed = rows, failed
+        super().__init__("; ".join(f"{entry.name}: {error.splitlines()[-1].strip()}" for entry, error in failed))
 
 
 def select_entries(only: Sequence[str] | None) -> list[SuiteEntry]:
@@ -98,6 +106,7 @@ def run_suite(
     entries = select_entries(only)
     out = Path(out)
     rows: list[SuiteRow] = []
+    failed: list[tuple[SuiteEntry, str]] = []
     spent: list[float] = []
     for i, entry in enumerate(entries, 1):
         folder = out / entry_folder(entry.name)
@@ -112,9 +121,16 @@ def run_suite(
         eta = _duration(sum(spent) / len(spent) * left) if spent else "after the first entry"
         say(f"[{i}/{len(entries)}] {entry.name}: {entry.task}, {entry.regime or entry.kind} | ETA {eta}")
         start = time.perf_counter()
-        result = run(task=entry.task, recipe=entry_recipe(entry), out=folder, quiet=True, **options)
+        try:
+            result = run(task=entry.task, recipe=entry_recipe(entry), out=folder, quiet=True, **options)
+        except LightningEffError as exc:  # one entry's bad configuration must not stop the others
+            say(f"        {entry.name}: FAILED: {exc}")
+            failed.append((entry, str(exc)))
+            continue
         spent.append(time.perf_counter() - start)
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         say(f"        {entry.name}: {result.summary.verdict}; compute: {result.summary.compute_verdict}")
         rows.append(SuiteRow(entry, folder.name, result, ran_now=True))
+    if failed:
+        raise SuiteEntriesFailed(rows, failed)
     return rows

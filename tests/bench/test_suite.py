@@ -122,3 +122,23 @@ def test_quick_bench_is_labelled_as_measuring_nothing():
     result = run_bench(task="vision", recipe="random_subset", quick=True, quiet=True, flops="off")
     assert result.task.max_steps == 6 and len(result.runs) == 2
     assert any("measures nothing" in w for w in result.warnings)
+
+
+def test_a_failing_entry_is_reported_and_the_others_still_run(tmp_path):
+    from lightning_eff.bench.suite import SuiteEntriesFailed
+
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs["recipe"])
+        raise ConfigError("preflight: no reference available")
+
+    with pytest.raises(SuiteEntriesFailed, match="random_subset: preflight: no reference available") as info:
+        run_suite(tmp_path, only=["random_subset", "selective_backprop"], quick=True, say=lambda line: None, run=fake)
+    assert calls == ["random_subset", "selective_backprop"] and info.value.rows == []
+
+
+@pytest.mark.parametrize("name", ["rho_loss", "info_batch"])
+def test_the_data_entries_that_need_sample_indices_run_on_vision(name, tmp_path):
+    rows = run_suite(tmp_path, only=[name], quick=True, say=lambda line: None)
+    assert rows[0].result.runs[1].steps > 0

@@ -54,14 +54,20 @@ def flip_labels(labels: torch.Tensor, fraction: float, classes: int, seed: int) 
 
 
 class DigitsDataModule(pl.LightningDataModule):
-    def __init__(self, label_noise: float = 0.0, batch_size: int = 64) -> None:
+    def __init__(self, label_noise: float = 0.0, batch_size: int = 64, seed: int | None = None) -> None:
         super().__init__()
         self.label_noise, self.batch_size = label_noise, batch_size
+        self.seed = torch.initial_seed() % 2**31 if seed is None else seed  # the run's, after seed_everything
         self.splits = digits_splits(label_noise)
 
     def train_dataloader(self) -> DataLoader:
+        # InfoBatchSampler shuffles like shuffle=True and records the sample indices that InfoBatch and
+        # RHO-LOSS's per-sample reference losses are addressed by (both arms sample the same way).
+        from lightning_eff.plugins.data import InfoBatchSampler
+
         data = TensorDataset(self.splits["x_train"], self.splits["y_train"])
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True)
+        sampler = InfoBatchSampler(data, seed=self.seed)
+        return DataLoader(data, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.splits["x_val"], self.splits["y_val"]), batch_size=512)
