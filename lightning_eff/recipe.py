@@ -25,10 +25,7 @@ broken file gives a short error at once rather than a hang or a traceback.
 from __future__ import annotations
 
 import codecs
-import difflib
-import importlib
 import inspect
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from lightning_eff.config_types import clip, short_repr
 from lightning_eff.errors import ConfigError
+from lightning_eff.imports import closest, import_attribute
 from lightning_eff.registry import get_registry
 from lightning_eff.technique import Technique, batch_selector_problems, format_validation_error
 
@@ -176,8 +174,7 @@ def _error(lines: list[str]) -> ConfigError:
 
 
 def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, [c for c in choices if isinstance(c, str)], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return closest(word, [c for c in choices if isinstance(c, str)])
 
 
 def _key_problems(mapping: dict, what: str) -> list[str]:
@@ -191,9 +188,6 @@ def _key_problems(mapping: dict, what: str) -> list[str]:
 
 # -- class_path ------------------------------------------------------------------------------------
 
-_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*[.:][A-Za-z_]\w*")
-
-
 def _base_classes() -> tuple[type, ...]:
     """Classes that are Callbacks in name only: bases meant to be subclassed."""
     from lightning.pytorch import callbacks as cb
@@ -204,22 +198,7 @@ def _base_classes() -> tuple[type, ...]:
 def _resolve_class(path: Any) -> type[Callback]:
     """The concrete Technique or Lightning Callback class ``path`` names. Nothing is called: a
     function (``tempfile:mkdtemp``) or any other object is refused after import."""
-    if not isinstance(path, str) or not _CLASS_PATH.fullmatch(path):
-        raise ConfigError(
-            f"class_path {short_repr(path)} is not a dotted path to a class; write 'package.module.ClassName'"
-        )
-    module_name, _, attr = path.replace(":", ".").rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import '{path}': {clip(str(exc), 200)}; check the spelling and that the package is installed") from None
-    except Exception as exc:  # noqa: BLE001 - importing runs the module's own code
-        raise ConfigError(f"cannot import '{path}': importing {module_name} raised {type(exc).__name__}: {clip(str(exc), 200)}") from None
-    try:
-        obj = getattr(module, attr)
-    except Exception:  # noqa: BLE001 - AttributeError, or a lazy module's __getattr__ failing
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise ConfigError(f"cannot import '{path}': module {module_name} has no '{attr}'{_suggest(attr, names)}") from None
+    obj = import_attribute(path, "class_path", "'package.module.ClassName'")
     expected = "a lightning_eff.Technique or a lightning.pytorch Callback class"
     if not isinstance(obj, type):
         raise ConfigError(f"{path} is a {type(obj).__name__}, not a class: class_path must name {expected} (nothing else is called)")

@@ -19,7 +19,6 @@ in the middle of it draws the same random numbers afterwards.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import pickle
@@ -32,23 +31,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from lightning_eff.errors import ConfigError, require
+from lightning_eff.imports import import_subclass
 
 ReferenceFn = Callable[[Any], Tensor]
-
-
-def _import_attribute(path: str, option: str, form: str) -> Any:
-    """``"pkg.module:name"`` -> that attribute of the imported module, uncalled."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{option}={path!r}: write {form}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{option}={path!r}: cannot import '{module_name}' ({exc})") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"{option}={path!r}: module '{module_name}' has no attribute '{attr}'") from None
 
 
 def import_class(path: str, base: type, option: str) -> type:
@@ -56,15 +41,7 @@ def import_class(path: str, base: type, option: str) -> type:
 
     A recipe is data: its class paths may name only a class of the expected kind, which the caller
     then builds itself. Any other object (``tempfile:mkdtemp``, ``os:system``) is refused uncalled."""
-    expected = f"{base.__module__}.{base.__qualname__}"
-    obj = _import_attribute(path, option, f"a class path as 'pkg.module:ClassName' (a {expected} subclass)")
-    if not (isinstance(obj, type) and issubclass(obj, base)):
-        kind = f"class {obj.__qualname__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
-        raise ConfigError(
-            f"{option}={path!r} names {kind}, not a {expected} subclass: a class path may only name such a "
-            "class (lightning-eff builds it; it never calls other objects named in a recipe)"
-        )
-    return obj
+    return import_subclass(path, base, option, f"a class path as 'pkg.module:ClassName' (a {base.__qualname__} subclass)")
 
 
 # Files a reference's weights may come from; all are read as data, never as pickled code.

@@ -8,7 +8,6 @@ The module should mix in ``lightning_eff.EfficientModule`` for data techniques, 
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -16,28 +15,17 @@ import lightning.pytorch as pl
 
 from lightning_eff.bench.tasks.base import BenchTask
 from lightning_eff.errors import ConfigError
+from lightning_eff.imports import import_attribute
 
 
 def import_object(path: str, option: str, kind: type) -> type:
     """``pkg.module:Name`` (or ``pkg.module.Name``) -> the class, checked to be a ``kind`` subclass."""
     example = f"{option} my_package.my_module:My{kind.__name__.replace('Lightning', '')}"
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(f"{option} {path!r} is not an import path; write it as {example}")
     _import_from_working_directory()
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"{option} {path!r}: cannot import module '{module_name}' ({exc}) from the working directory "
-            f"{os.getcwd()} or the installed packages; write {example}"
-        ) from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"{option} {path!r}: module '{module_name}' has no attribute '{attr}'") from None
+        obj = import_attribute(path, option, example)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (looked in the working directory {os.getcwd()} and the installed packages)") from None
     if not (isinstance(obj, type) and issubclass(obj, kind)):
         raise ConfigError(f"{option} {path!r} is not a {kind.__module__.split('.')[0]} {kind.__name__} subclass")
     return obj
