@@ -127,6 +127,10 @@ def run_suite(
             say(f"        {entry.name}: FAILED: {exc}")
             failed.append((entry, str(exc)))
             continue
+        except Exception as exc:  # noqa: BLE001 - a peer callback crashing mid-run is a result, not the suite's end
+            say(f"        {entry.name}: CRASHED: {type(exc).__name__}: {exc}")
+            failed.append((entry, f"crashed: {type(exc).__name__}: {exc}"))
+            continue
         spent.append(time.perf_counter() - start)
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         say(f"        {entry.name}: {result.summary.verdict}; compute: {result.summary.compute_verdict}")

@@ -142,3 +142,13 @@ def test_a_failing_entry_is_reported_and_the_others_still_run(tmp_path):
 def test_the_data_entries_that_need_sample_indices_run_on_vision(name, tmp_path):
     rows = run_suite(tmp_path, only=[name], quick=True, say=lambda line: None)
     assert rows[0].result.runs[1].steps > 0
+
+
+def test_an_entry_that_crashes_mid_run_is_reported_like_a_failure(tmp_path):
+    from lightning_eff.bench.suite import SuiteEntriesFailed
+
+    def crash(**kwargs):
+        raise ValueError("zip() argument 2 is shorter than argument 1")
+
+    with pytest.raises(SuiteEntriesFailed, match="random_subset: crashed: ValueError: zip"):
+        run_suite(tmp_path, only=["random_subset"], quick=True, say=lambda line: None, run=crash)
