@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_eff.bench.suite import entry_recipe, run_suite, select_entries
+from lightning_eff.bench.suite import SuiteEntriesFailed, entry_recipe, run_suite, select_entries
 from lightning_eff.bench.suite_entries import ENTRIES, entry_folder
 from lightning_eff.bench.suite_page import spread_text, write_html, write_markdown
 from lightning_eff.errors import ConfigError
@@ -57,7 +57,7 @@ def test_changed_settings_run_the_entry_again(suite_out):
         seen.append(kwargs["recipe"])
         raise RuntimeError("stop here")
 
-    with pytest.raises(RuntimeError, match="stop here"):
+    with pytest.raises(SuiteEntriesFailed, match="random_subset: crashed: RuntimeError: stop here"):
         run_suite(out, only=["random_subset"], quick=True, repeats=2, say=lambda line: None, run=record)
     assert seen == ["random_subset"]
 
