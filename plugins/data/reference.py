@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from lightning_eff.errors import ConfigError, require
+from lightning_eff.errors import ConfigError
 from lightning_eff.imports import import_subclass
+from lightning_eff.weights import CHECKPOINT_SUFFIX, STATE_SUFFIXES, build_fresh_module, load_state_file
 
 ReferenceFn = Callable[[Any], Tensor]
 
@@ -42,39 +42,6 @@ def import_class(path: str, base: type, option: str) -> type:
     A recipe is data: its class paths may name only a class of the expected kind, which the caller
     then builds itself. Any other object (``tempfile:mkdtemp``, ``os:system``) is refused uncalled."""
     return import_subclass(path, base, option, f"a class path as 'pkg.module:ClassName' (a {base.__qualname__} subclass)")
-
-
-# Files a reference's weights may come from; all are read as data, never as pickled code.
-STATE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-CHECKPOINT_SUFFIX = ".ckpt"
-
-
-def load_state_file(path: Path, option: str = "reference") -> dict[str, Any]:
-    """The mapping stored in ``path``: safetensors, or ``torch.load(weights_only=True)`` (tensors and
-    plain containers only, so a crafted pickle cannot run code). Anything else is a ConfigError."""
-    text = str(path)
-    if path.suffix == ".safetensors":
-        safetensors_torch = require("safetensors.torch", f"{option}={text!r}", package="safetensors")
-        try:
-            return dict(safetensors_torch.load_file(text, device="cpu"))
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise ConfigError(f"{option}={text!r} is not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"{option}={text!r} holds pickled Python objects, which could run code when loaded, so it is "
-            f"refused ({reason}). Save the weights only: torch.save(model.state_dict(), path) or a "
-            ".safetensors file, and name the model's class with reference_class='pkg.mod:Class'"
-        ) from None
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{option}={text!r} is unreadable ({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(
-            f"{option}={text!r} holds a {type(obj).__name__}, not a state dict: save torch.save(model.state_dict(), path)"
-        )
-    return obj
 
 
 def build_reference_model(
@@ -175,12 +142,6 @@ def fresh_module_kwargs(pl_module: Any, overrides: dict[str, Any]) -> dict[str, 
     except TypeError:
         return None
     return kwargs
-
-
-def build_fresh_module(module_class: type, kwargs: dict[str, Any], seed: int) -> Any:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return module_class(**kwargs)
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
