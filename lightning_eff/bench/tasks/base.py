@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_eff.bench.tasks.lr_schedule import OwnGroupsLambdaLR
 from lightning_eff.module import EfficientModule
 
 
@@ -57,7 +58,7 @@ class BenchModule(EfficientModule, pl.LightningModule):
         )
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(self.warmup_fraction * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine_factor(s, total, warmup))
+        scheduler = OwnGroupsLambdaLR(optimizer, lambda s: warmup_cosine_factor(s, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
