@@ -7,6 +7,7 @@ the probe must check (:meth:`DistillationTechnique.check_probe`).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Literal
 
@@ -122,7 +123,12 @@ class DistillationTechnique(Technique):
             resolve = step_resolver(trainer, total)
             start, end = resolve(c.start), resolve(c.end)
             if start >= end:
-                problems.append(f"{self.name}: start={c.start} (step {start}) is not before end={c.end} (step {end}): move start earlier or end later")
+                problems.append(f"{self.name}: start={c.start.plain()} (step {start}) is not before end={c.end.plain()} (step {end}): move start earlier or end later")
+            elif math.isfinite(total) and end > total:
+                problems.append(
+                    f"{self.name}: end={c.end.plain()} (step {end}) is after the run's last step {int(total)}: distillation "
+                    "would never stop as planned; end earlier (e.g. a fraction such as 0.3) or train longer"
+                )
         except ConfigError as exc:
             problems.append(f"{self.name}: {exc}")
         return problems
