@@ -85,11 +85,23 @@ def resolve_order(techniques: Sequence[Technique]) -> tuple[list[Technique], lis
     return [techniques[i] for i in order], problems
 
 
+#: the strategy kinds ``supported_strategies`` names (``strategy_kind`` of a Lightning strategy)
+STRATEGY_KINDS = ("single_device", "ddp", "fsdp2", "fsdp", "deepspeed")
+
+
 def strategy_kind(strategy: Any) -> str:
-    """A short name for a Lightning strategy object: ddp, fsdp, deepspeed, single_device, or its class."""
+    """A short name for a Lightning strategy object: one of ``STRATEGY_KINDS``, or its class name.
+
+    ``fsdp2`` is Lightning's ModelParallelStrategy (``fully_shard`` in ``configure_model``; with a
+    tensor-parallel mesh too, which no technique declares); ``fsdp`` is the older FSDPStrategy."""
     from lightning.pytorch import strategies as S
 
-    for cls, kind in ((S.FSDPStrategy, "fsdp"), (S.DeepSpeedStrategy, "deepspeed"), (S.DDPStrategy, "ddp")):
+    for cls, kind in (
+        (S.ModelParallelStrategy, "fsdp2"),
+        (S.FSDPStrategy, "fsdp"),
+        (S.DeepSpeedStrategy, "deepspeed"),
+        (S.DDPStrategy, "ddp"),
+    ):
         if isinstance(strategy, cls):
             return kind
     if isinstance(strategy, S.SingleDeviceStrategy):
@@ -113,7 +125,12 @@ def trainer_problems(techniques: Sequence[Technique], trainer: pl.Trainer, pl_mo
     strategy = strategy_kind(trainer.strategy)
     for t in techniques:
         if t.supported_strategies is not None and strategy not in t.supported_strategies:
-            problems.append(f"{t.name} does not support strategy '{strategy}'; use one of {list(t.supported_strategies)}")
+            why = t.strategy_refusals.get(strategy)
+            reason = f": {why}" if why else ""
+            problems.append(
+                f"{t.name} does not support strategy '{strategy}'{reason}; use one of {list(t.supported_strategies)}"
+            )
+    problems += sharding_order_problems(techniques, pl_module)
     needs_unused = [t.name for t in techniques if t.find_unused_parameters]
     if needs_unused and strategy == "ddp" and not getattr(trainer.strategy, "_ddp_kwargs", {}).get(
         "find_unused_parameters", False
@@ -124,6 +141,22 @@ def trainer_problems(techniques: Sequence[Technique], trainer: pl.Trainer, pl_mo
         )
     for t in techniques:
         problems += [f"{t.name}: {p}" if not p.startswith(t.name) else p for p in t.validate(trainer, pl_module)]
+    return problems
+
+
+def sharding_order_problems(techniques: Sequence[Technique], pl_module: Any) -> list[str]:
+    """Techniques that act on the whole model in ``setup`` refuse one sharded before ``fit``.
+
+    Preflight runs in ``setup``, before ``configure_model``: parameters that are DTensors already
+    were sharded by the user outside Lightning's order (see docs/scaling-out.md)."""
+    from lightning_eff.sharding import already_sharded_problem
+
+    problems = []
+    for t in techniques:
+        if t.acts_before_sharding:
+            found = already_sharded_problem(t.name, pl_module)
+            if found:
+                problems.append(found)
     return problems
 
 

@@ -133,6 +133,12 @@ def _dispatch_guard(hook_name: str, impl):
     return hook
 
 
+#: ``supported_strategies`` of a technique tested on one device and under DDP (two processes)
+DDP_TESTED: tuple[str, ...] = ("single_device", "ddp")
+#: ... and under FSDP2 (ModelParallelStrategy, fully_shard in configure_model; two processes)
+FSDP2_TESTED: tuple[str, ...] = (*DDP_TESTED, "fsdp2")
+
+
 class Technique(Callback):
     """Base class of every training-efficiency technique.
 
@@ -158,8 +164,15 @@ class Technique(Callback):
     selects_batches: ClassVar[bool] = False
     #: parameters may stop receiving gradients (DDP must look for unused parameters)
     find_unused_parameters: ClassVar[bool] = False
-    #: Lightning ``strategy_name`` values this technique supports (``None``: all)
+    #: strategy kinds this technique is tested under (``lightning_eff.plan.STRATEGY_KINDS``:
+    #: "single_device", "ddp", "fsdp2", ...); ``None``: all, only for techniques that touch neither
+    #: parameters, modules nor optimizers
     supported_strategies: ClassVar[tuple[str, ...] | None] = None
+    #: why a strategy kind is not supported and what to use instead (shown by preflight)
+    strategy_refusals: ClassVar[dict[str, str]] = {}
+    #: replaces modules or converts parameters in ``setup``, which must happen before FSDP2 shards
+    #: them in ``configure_model``: preflight refuses a model whose parameters are already DTensors
+    acts_before_sharding: ClassVar[bool] = False
     Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

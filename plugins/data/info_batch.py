@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from lightning_eff import PreflightError, Technique, TechniqueConfig, hookimpl
 from lightning_eff.config_types import Seed
 from lightning_eff.module import batch_sample_indices
+from lightning_eff.technique import FSDP2_TESTED
 
 from .info_batch_plan import full_plan, prune_plan
 from .info_batch_sampler import InfoBatchSampler
@@ -55,6 +56,8 @@ class InfoBatch(Technique):
 
     name = "info_batch"
     phase = "data"
+    # scores are all-gathered and the sampler gives every rank the same number of batches
+    supported_strategies = FSDP2_TESTED
     requires_module_mixin = True
     # Batch selectors cut the batch after the sampler chose it: the per-sample weights and scores,
     # addressed by position, would land on the wrong samples.

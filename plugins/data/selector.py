@@ -19,6 +19,7 @@ from lightning_eff import ConfigError, Technique, TechniqueConfig, hookimpl
 from lightning_eff.config_types import Seed
 from lightning_eff.module import batch_size_of, index_batch
 from lightning_eff.schedule import TimePoint, step_resolver
+from lightning_eff.technique import FSDP2_TESTED
 
 from .stats import ScoreStats
 from .window import ActiveWindow
@@ -50,6 +51,9 @@ class BatchSelector(Technique):
     """Base of the batch selectors: subclasses implement ``choose``."""
 
     phase = "data"
+    # Every rank scores and trains on its own batch (at least one sample: min_keep >= 1), so the
+    # FSDP2 collectives of forward and backward run on every rank at every step.
+    supported_strategies = FSDP2_TESTED
     selects_batches = True
     requires_module_mixin = True
     #: whether ``choose`` needs the per-sample losses (a forward pass without gradients)

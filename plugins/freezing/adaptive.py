@@ -22,6 +22,7 @@ import torch
 from pydantic import Field, field_validator
 
 from lightning_eff.schedule import TimeLike, TimePoint, to_steps
+from lightning_eff.sharding import global_norm
 
 from .base import PREFIX_SCHEDULES, FreezingConfig, FreezingTechnique
 from .freezer import BlockFreezer
@@ -108,7 +109,7 @@ class AdaptiveFreezing(FreezingTechnique):
         for params in self.freezer.block_params[first:]:
             grads = [p.grad for p in params if p.grad is not None]
             norms.append(
-                torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                torch.linalg.vector_norm(torch.stack([global_norm(g) for g in grads]))
                 if grads
                 else torch.zeros(())
             )

@@ -12,7 +12,9 @@ from pydantic import Field
 from lightning_eff import PreflightError, Technique, TechniqueConfig
 from lightning_eff.config_types import Patterns
 from lightning_eff.module import batch_sample_indices
+from lightning_eff.plan import strategy_kind
 from lightning_eff.schedule import training_progress
+from lightning_eff.technique import FSDP2_TESTED
 
 from .activation_cache import (
     ActivationCache,
@@ -31,8 +33,9 @@ from .freezer import BlockFreezer
 
 #: the techniques that each own a schedule over the same prefix: two of them would fight over it
 PREFIX_SCHEDULES = ("progressive_freezing", "freeze_out", "adaptive_freezing")
-#: parameter groups must hold real parameters: sharded strategies flatten them
-STRATEGIES = ("single_device", "ddp")
+#: FSDP2 keeps one parameter per tensor (DTensors), so param groups and requires_grad work as under
+#: DDP; the older FSDPStrategy and DeepSpeed flatten parameters, which removing some would break
+STRATEGIES = FSDP2_TESTED
 
 
 class FreezingConfig(TechniqueConfig):
@@ -143,6 +146,12 @@ class FreezingTechnique(Technique):
         if not c.cache_activations:
             return []
         problems = []
+        if strategy_kind(trainer.strategy) == "fsdp2":
+            problems.append(
+                "cache_activations=True cannot run under FSDP2: a cache hit skips the frozen blocks' forward, and with "
+                "it their parameter all-gathers, on one rank but not on the others (the collectives would hang); "
+                "turn cache_activations off, or use strategy='ddp'"
+            )
         limit, names = self.cache_range(trainer, freezer), freezer.blocks.names
         if limit == 0:
             return ["cache_activations=True but no leading block is ever frozen in this run: there is nothing to cache; turn it off"]
@@ -214,7 +223,13 @@ class FreezingTechnique(Technique):
     def prepare(self, trainer, pl_module) -> None:
         """Resolve the schedule once the blocks and the run length are known (subclasses)."""
 
+    def rebind(self, pl_module) -> None:
+        """Look the parameters up again: FSDP2's ``fully_shard`` in ``configure_model`` (after
+        ``setup``) replaced them by new DTensor parameters."""
+        self.freezer = self.freezer.rebound(pl_module)
+
     def on_fit_start(self, trainer, pl_module) -> None:
+        self.rebind(pl_module)
         # Optimizers exist now; their checkpointed state is loaded right after this hook, and needs
         # the param groups to have the structure they had when saved: re-freeze the saved set.
         if self._pending is not None:

@@ -73,6 +73,15 @@ class BlockFreezer:
     def __len__(self) -> int:
         return len(self.blocks)
 
+    def rebound(self, model: nn.Module) -> BlockFreezer:
+        """This freezer if ``model``'s parameters are the ones it holds, else a new one over the
+        same blocks (FSDP2 replaced the parameters); call it before anything is frozen."""
+        if [id(p) for p in unique_parameters(model)] == [id(p) for p in self.all_params]:
+            return self
+        if self.frozen_params:
+            raise RuntimeError("the model's parameters were replaced after freezing started")
+        return BlockFreezer(model, self.blocks)
+
     def freeze_blocks(
         self, indices: Iterable[int], optimizers: Sequence[torch.optim.Optimizer]
     ) -> list[nn.Parameter]:

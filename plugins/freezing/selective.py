@@ -146,6 +146,7 @@ class SelectiveFinetuning(FreezingTechnique):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._pending = None  # the selection depends on nothing but the configuration
+        self.rebind(pl_module)
         frozen, _ = self.selection(pl_module, self.freezer)
         self.freezer.freeze_parameters(frozen, trainer.optimizers)
 

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from lightning_eff import Technique, TechniqueConfig, hookimpl
 from lightning_eff.config_types import Patterns, Seed
 from lightning_eff.module import EfficientModule
+from lightning_eff.technique import FSDP2_TESTED
 
 from .layer import MoELayer
 from .routing import load_balancing_loss, load_cv, router_z_loss
@@ -71,6 +72,10 @@ class MoEUpcycling(Technique):
 
     name = "moe_upcycling"
     phase = "surgery"
+    # The upcycling surgery runs in setup, before configure_model shards: the experts are ordinary
+    # parameters that the user's fully_shard (per decoder layer) shards like the others.
+    supported_strategies = FSDP2_TESTED
+    acts_before_sharding = True
     Config = MoEUpcyclingConfig
 
     def __init__(

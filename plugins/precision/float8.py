@@ -27,6 +27,7 @@ from lightning_eff import Technique, TechniqueConfig, hookimpl
 from lightning_eff.config_types import Patterns
 from lightning_eff.errors import MissingDependencyError
 from lightning_eff.surgery import name_matches
+from lightning_eff.technique import DDP_TESTED
 
 from .memory import parameter_bytes
 
@@ -121,6 +122,14 @@ class Float8Training(Technique):
 
     name = "float8_training"
     phase = "surgery"
+    supported_strategies = DDP_TESTED
+    acts_before_sharding = True  # swaps Linear layers for torchao's Float8Linear
+    strategy_refusals = {
+        "fsdp2": "float8 with FSDP2 needs torchao's float8 all-gather (enable_fsdp_float8_all_gather and "
+        "precompute_float8_dynamic_scale_for_fsdp after each step), which runs only on fp8 GPUs and is not tested "
+        "here; on CPU the technique is a no-op: use strategy='ddp', or convert with torchao yourself in "
+        "configure_model before fully_shard",
+    }
     Config = Float8TrainingConfig
 
     def __init__(

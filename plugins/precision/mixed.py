@@ -22,6 +22,7 @@ from lightning_eff import Technique, TechniqueConfig, hookimpl
 from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError, LightningEffError
 from lightning_eff.schedule import TimeLike, TimePoint, to_steps
+from lightning_eff.technique import FSDP2_TESTED
 
 from .memory import StepProbe, parameter_bytes
 from .policy import (
@@ -68,6 +69,10 @@ class MixedPrecision(Technique):
 
     name = "mixed_precision"
     phase = "precision"
+    # Under FSDP2 Lightning's precision plugin autocasts the forward of the sharded model; the fp32
+    # policy hooks modules, which fully_shard keeps. FSDP2's MixedPrecisionPolicy (bf16 all-gathers)
+    # is the user's choice in configure_model and composes with it.
+    supported_strategies = FSDP2_TESTED
     Config = MixedPrecisionConfig
 
     def __init__(

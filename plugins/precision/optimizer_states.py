@@ -21,6 +21,7 @@ from pydantic import Field
 from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.config_types import Seed
 from lightning_eff.errors import LightningEffError
+from lightning_eff.technique import DDP_TESTED
 
 from .blockwise import state_bytes_per_value
 from .memory import optimizer_state_bytes, parameter_bytes
@@ -82,6 +83,12 @@ class LowPrecisionOptimizerStates(Technique):
 
     name = "low_precision_optimizer_states"
     phase = "optimizer"
+    supported_strategies = DDP_TESTED
+    strategy_refusals = {
+        "fsdp2": "its optimizer quantises whole parameter tensors, but FSDP2 parameters are DTensor shards (the "
+        "blockwise update would have to run on each rank's local slice, with blocks per shard): keep "
+        "torch.optim.AdamW under FSDP2 (its states are sharded already, 1/world_size per rank), or use strategy='ddp'",
+    }
     Config = LowPrecisionOptimizerStatesConfig
 
     def __init__(

@@ -28,6 +28,8 @@ from lightning_eff.schedule import (
     step_resolver,
     training_progress,
 )
+from lightning_eff.sharding import full_value, local_part, local_value
+from lightning_eff.technique import FSDP2_TESTED
 
 from .masked import MASK_BUFFER, MaskedWeights
 from .masks import changed, global_masks, layerwise_masks, magnitude_scores
@@ -81,8 +83,9 @@ class GradualPruning(Technique):
 
     name = "gradual_pruning"
     phase = "optimizer"
-    # masks index whole weight tensors: FSDP/DeepSpeed shards would need sharded masks (not done)
-    supported_strategies = ("single_device", "ddp")
+    # FSDP2: thresholds from each weight's full tensor (gathered), masks whole on every rank and
+    # applied to the local slices; the older FSDP/DeepSpeed flatten weights, which masks cannot index
+    supported_strategies = FSDP2_TESTED
     Config = GradualPruningConfig
 
     def __init__(
@@ -193,13 +196,14 @@ class GradualPruning(Technique):
     @torch.no_grad()
     def _after_step(self, step: int) -> None:
         if self.rewind_step == step and self.rewind_weights is None:
-            self.rewind_weights = {n: self.masked.weight(n).detach().clone() for n in self.masked.names()}
+            self.rewind_weights = {n: full_value(self.masked.weight(n)).detach().clone() for n in self.masked.names()}
         if step != self.last_update_step and is_update_step(step, self.start_step, self.end_step, self.every):
             self.last_update_step = step
             self.update_masks(self.target_sparsity(step))
             if step == self.end_step and self.rewind_weights is not None:
                 for name, weight in self.rewind_weights.items():
-                    self.masked.weight(name).copy_(weight * self.masked.mask(name))
+                    target = self.masked.weight(name)
+                    local_value(target).copy_(local_part(weight * self.masked.mask(name), target))
                 self.rewind_weights = {}  # rewound: keep the fact, free the copy
 
     def target_sparsity(self, step: int) -> float:
@@ -209,7 +213,8 @@ class GradualPruning(Technique):
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
         old = self.masked.masks()
-        scores = {n: magnitude_scores(self.masked.weight(n), old[n]) for n in self.masked.names()}
+        # Full tensors (an all-gather per weight under FSDP2): every rank computes the same masks.
+        scores = {n: magnitude_scores(full_value(self.masked.weight(n)), old[n]) for n in self.masked.names()}
         new = (global_masks if self.config.scope == "global" else layerwise_masks)(scores, sparsity)
         self.last_mask_changes = sum(changed(old[n], new[n]) for n in new)
         for name, keep in new.items():

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_eff.kernels.nm_sparsity import masked_update_
+from lightning_eff.sharding import local_part, local_value
 
 from .masks import sparsity_of
 
@@ -50,17 +51,20 @@ class MaskedWeights:
         # In place: DDP and the optimizer-facing code hold references to the buffer tensor.
         self.mask(name).copy_(keep)
 
+    # Masks are whole on every rank; an FSDP2-sharded weight (DTensor) is edited through its local
+    # slice, with the matching slice of the mask.
     @torch.no_grad()
     def apply_to_weights(self) -> None:
         for name in self.modules:
-            masked_update_(self.weight(name), self.mask(name))
+            weight = self.weight(name)
+            masked_update_(local_value(weight), local_part(self.mask(name), weight))
 
     @torch.no_grad()
     def zero_pruned_grads(self) -> None:
         for name in self.modules:
-            weight = self.weight(name)
-            if weight.grad is not None:
-                masked_update_(weight.grad, self.mask(name))
+            grad = self.weight(name).grad
+            if grad is not None:
+                masked_update_(local_value(grad), local_part(self.mask(name), grad))
 
     def pruned_count(self) -> int:
         return sum(int((~m).sum()) for m in self.masks().values())

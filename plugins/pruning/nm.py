@@ -37,6 +37,7 @@ from lightning_eff.schedule import (
     step_resolver,
     training_progress,
 )
+from lightning_eff.technique import DDP_TESTED
 
 from .masked import MASK_BUFFER, MaskedWeights
 from .targets import overlap_problems, select_modules, selection_problems
@@ -118,7 +119,12 @@ class NMSparsity(Technique):
     name = "nm_sparsity"
     phase = "optimizer"
     # masks index whole weight tensors: FSDP/DeepSpeed shards would need sharded masks (not done)
-    supported_strategies = ("single_device", "ddp")
+    supported_strategies = DDP_TESTED
+    strategy_refusals = {
+        "fsdp2": "it keeps each weight's hidden dense values as a whole tensor made in setup and splits the weight in "
+        "place every step; on FSDP2's DTensor shards this needs the split on each rank's local rows (N:M groups run "
+        "along the input dimension, so row shards keep them whole), which is not written yet",
+    }
     Config = NMSparsityConfig
 
     def __init__(

@@ -25,6 +25,7 @@ from lightning_eff import Technique, TechniqueConfig
 from lightning_eff.config_types import Patterns
 from lightning_eff.errors import ConfigError
 from lightning_eff.schedule import TimeLike, TimePoint, check_window, step_resolver, training_progress
+from lightning_eff.technique import DDP_TESTED
 
 from .gradual import is_update_step, sparsity_at
 from .heads import head_problems
@@ -77,7 +78,13 @@ class StructuredPruning(Technique):
     name = "structured_pruning"
     phase = "optimizer"
     # masks index whole weight tensors: FSDP/DeepSpeed shards would need sharded masks (not done)
-    supported_strategies = ("single_device", "ddp")
+    supported_strategies = DDP_TESTED
+    acts_before_sharding = True  # the shrink replaces modules
+    strategy_refusals = {
+        "fsdp2": "its masks and shrink act on whole weights, and the shrink replaces layers by smaller ones after "
+        "configure_model has sharded them (FSDP2 would need the units re-sharded and the optimizer rebuilt): prune "
+        "under DDP, then fine-tune the shrunk model under FSDP2",
+    }
     Config = StructuredPruningConfig
 
     def __init__(
