@@ -37,6 +37,7 @@ class KnowledgeDistillation(DistillationTechnique):
     """Distil a frozen teacher's softened logits into the student (Hinton et al. 2015; SALT schedule)."""
 
     name = "knowledge_distillation"
+    after = ("moe_upcycling", "structured_pruning")  # student_module names a module as surgery leaves it
     Config = KnowledgeDistillationConfig
 
     def __init__(

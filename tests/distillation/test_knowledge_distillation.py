@@ -130,3 +130,15 @@ def test_lightning_checkpoint_teacher_loads_its_state_dict_and_hyperparameters(t
     fit([kd], max_steps=1)
     assert kd.teacher.hparams.hidden == 16
     assert torch.equal(kd.teacher.head.weight, teacher.head.weight)
+
+
+def test_bf16_teacher_runs_under_autocast_and_the_loss_stays_float32():
+    kd = KnowledgeDistillation(teacher=Teacher(), teacher_precision="bf16")
+    spy = LossSpy()
+    fit([kd], max_steps=1, callbacks=[spy])
+    assert spy.loss.dtype == torch.float32 and torch.isfinite(spy.loss)
+    x, _ = spy.batch
+    from lightning_eff.plugins.distillation.teacher import run_teacher
+
+    assert run_teacher(kd.teacher, (x,), {}, "bf16").dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in kd.teacher.parameters())  # weights untouched
