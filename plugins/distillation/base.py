@@ -18,6 +18,7 @@ from lightning_eff import PreflightError, Technique, TechniqueConfig
 from lightning_eff.config_types import Seed
 from lightning_eff.errors import ConfigError
 from lightning_eff.schedule import TimePoint, step_resolver
+from lightning_eff.technique import DDP_TESTED
 
 from .capture import ForwardCapture, probe_batch, submodule
 from .losses import distillation_weight
@@ -73,6 +74,12 @@ class DistillationTechnique(Technique):
 
     phase = "loss"
     requires_module_mixin = True
+    supported_strategies = DDP_TESTED
+    strategy_refusals = {
+        "fsdp2": "distillation is not tested under FSDP2: the teacher is held whole (unsharded) on every rank and "
+        "the probe runs the student before configure_model shards it; use strategy='ddp', or shard the teacher "
+        "yourself and pass it as a module",
+    }
 
     def __init__(self, teacher: Any = None, **options: Any) -> None:
         # A model object is not an option a recipe can hold: kept aside, not in the config.

@@ -47,6 +47,7 @@ class FeatureDistillation(DistillationTechnique):
 
     name = "feature_distillation"
     after = ("moe_upcycling", "structured_pruning")  # patterns name the modules as surgery leaves them
+    acts_before_sharding = True  # adds the projections to the LightningModule in setup
     Config = FeatureDistillationConfig
 
     def __init__(
