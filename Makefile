@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch is pinned so pip never pulls the multi-GB CUDA build on a CPU machine.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS := dev,hf,wandb,data,tasks,precision
+EXTRAS := dev,hf,wandb,data,tasks,precision,peft
 LOCK := constraints.txt
 STAMP := $(VENV)/.installed
 ENV := WANDB_MODE=disabled HF_HUB_OFFLINE=1
