@@ -22,3 +22,10 @@ def leff_register_techniques(register):
 
     register(KnowledgeDistillation)
     register(FeatureDistillation)
+
+
+@hookimpl
+def leff_add_cli_commands(cli):
+    from .distill_cli import distill
+
+    cli.add_command(distill)

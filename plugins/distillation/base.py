@@ -109,18 +109,31 @@ class DistillationTechnique(Technique):
     def prepare_teacher_run(self) -> None:
         """Called before each teacher forward (feature distillation clears its teacher records)."""
 
+    def teacher_forward(self, capture: ForwardCapture) -> Any:
+        """The teacher's output for the captured student inputs (logit distillation may read stored outputs)."""
+        self.prepare_teacher_run()
+        return run_teacher(self.teacher, *capture.inputs, self.config.teacher_precision)
+
+    def load_teacher_problems(self) -> list[str]:
+        """Load the teacher (or what stands for it); problems naming the fix."""
+        c = self.config
+        if self.teacher is not None:
+            return []
+        if c.teacher is None:
+            return [f"{self.name} has no teacher: pass teacher= (a weights file with teacher_class, a directory, 'pkg.mod:Class' or a module)"]
+        try:
+            self.teacher = load_teacher(c.teacher, c.teacher_class, c.teacher_hparams, c.seed)
+        except ConfigError as exc:
+            return [f"{self.name} cannot load its teacher: {exc}"]
+        return []
+
     # -- preflight -------------------------------------------------------------------------------
 
     def validate(self, trainer, pl_module) -> list[str]:
         c = self.config
-        problems = []
-        if self.teacher is None:
-            if c.teacher is None:
-                return [f"{self.name} has no teacher: pass teacher= (a weights file with teacher_class, a directory, 'pkg.mod:Class' or a module)"]
-            try:
-                self.teacher = load_teacher(c.teacher, c.teacher_class, c.teacher_hparams, c.seed)
-            except ConfigError as exc:
-                return [f"{self.name} cannot load its teacher: {exc}"]
+        problems = self.load_teacher_problems()
+        if problems:
+            return problems
         try:
             submodule(pl_module, c.student_module)
         except KeyError as exc:
@@ -175,9 +188,8 @@ class DistillationTechnique(Technique):
                         f"{self.name}: per_sample_loss(batch) never called the forward of "
                         f"{self.config.student_module or type(pl_module).__name__}: set student_module= to the submodule it calls"
                     ]
-                self.prepare_teacher_run()
                 try:
-                    output = run_teacher(self.teacher, *capture.inputs, self.config.teacher_precision)
+                    output = self.teacher_forward(capture)
                 except Exception as exc:  # noqa: BLE001
                     return [f"{self.name}: the teacher failed on the student's inputs: {type(exc).__name__}: {exc}"]
                 return self.check_probe(pl_module, capture, output)
@@ -188,7 +200,8 @@ class DistillationTechnique(Technique):
     # -- per step --------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.teacher.to(pl_module.device)
+        if self.teacher is not None:
+            self.teacher.to(pl_module.device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.weight = distillation_weight(trainer.global_step, self.alpha, self.start_step, self.end_step, self.config.decay)
@@ -205,8 +218,7 @@ class DistillationTechnique(Technique):
         if capture is None or not capture.active or capture.inputs is None:
             return None
         started = time.perf_counter()
-        self.prepare_teacher_run()
-        teacher_output = run_teacher(self.teacher, *capture.inputs, self.config.teacher_precision)
+        teacher_output = self.teacher_forward(capture)
         self.teacher_forwards += 1
         self.teacher_seconds += time.perf_counter() - started
         loss = self.distill_loss(module, capture, teacher_output)

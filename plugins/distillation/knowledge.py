@@ -9,25 +9,39 @@ forward (after any batch selection).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field
 
 from lightning_eff import hookimpl
+from lightning_eff.errors import ConfigError
 from lightning_eff.schedule import TimeLike
 
 from .base import Decay, DistillationConfig, DistillationTechnique
 from .capture import ForwardCapture
 from .losses import kd_loss
+from .offline import TeacherOutputs, sample_keys, sparse_kd_loss
 from .teacher import TeacherPrecision, logits_of
 
 StudentLoss = Literal["complement", "full"]
 
 
+class StoredOutput(NamedTuple):
+    """The teacher's stored top-k logits (values, class indices) of a batch's samples."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
 class KnowledgeDistillationConfig(DistillationConfig):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight w of the distillation term while it is on")
     temperature: float = Field(2.0, gt=0.0, description="softmax temperature T of both distributions (loss scaled by T**2)")
+    teacher_outputs: str | None = Field(
+        None,
+        description="folder written by `lightning-eff distill cache` (the teacher's top-k logits per sample): read "
+        "instead of running a teacher; samples are matched by their inputs' content",
+    )
     student_loss: StudentLoss = Field(
         "complement", description="'complement': the student's own loss weighted 1 - w (Hinton); 'full': kept at weight 1"
     )
@@ -48,6 +62,7 @@ class KnowledgeDistillation(DistillationTechnique):
         alpha: float = 0.5,
         temperature: float = 2.0,
         student_loss: StudentLoss = "complement",
+        teacher_outputs: str | None = None,
         start: TimeLike = 0.0,
         end: TimeLike = 1.0,
         decay: Decay = "step",
@@ -62,6 +77,7 @@ class KnowledgeDistillation(DistillationTechnique):
             alpha=alpha,
             temperature=temperature,
             student_loss=student_loss,
+            teacher_outputs=teacher_outputs,
             start=start,
             end=end,
             decay=decay,
@@ -69,13 +85,36 @@ class KnowledgeDistillation(DistillationTechnique):
             student_module=student_module,
             seed=seed,
         )
+        self.stored: TeacherOutputs | None = None
 
     @property
     def alpha(self) -> float:
         return self.config.alpha
 
+    # -- stored teacher outputs ------------------------------------------------------------------
+
+    def load_teacher_problems(self) -> list[str]:
+        c = self.config
+        if c.teacher_outputs is None:
+            return super().load_teacher_problems()
+        if c.teacher is not None or self.teacher is not None:
+            return [f"{self.name}: give either teacher= or teacher_outputs=, not both"]
+        try:
+            self.stored = TeacherOutputs(c.teacher_outputs)
+        except ConfigError as exc:
+            return [f"{self.name} cannot read its stored teacher outputs: {exc}"]
+        return []
+
+    def teacher_forward(self, capture: ForwardCapture) -> Any:
+        if self.stored is None:
+            return super().teacher_forward(capture)
+        values, indices = self.stored.lookup(sample_keys(*capture.inputs))
+        return StoredOutput(values, indices)
+
     def check_probe(self, pl_module, capture: ForwardCapture, teacher_output: Any) -> list[str]:
         where = self.config.student_module or type(pl_module).__name__
+        if isinstance(teacher_output, StoredOutput):
+            return self._check_stored(logits_of(capture.output), teacher_output, where)
         try:
             student, teacher = logits_of(capture.output), logits_of(teacher_output)
         except TypeError as exc:
@@ -89,7 +128,20 @@ class KnowledgeDistillation(DistillationTechnique):
             return [f"{self.name}: the teacher's logits on a probe batch are not finite (nan/inf): check its weights"]
         return []
 
+    def _check_stored(self, student: torch.Tensor, stored: StoredOutput, where: str) -> list[str]:
+        expected = (*self.stored.sample_shape, self.stored.classes)
+        if tuple(student.shape[1:]) != expected:
+            return [
+                f"{self.name}: the stored teacher outputs are for logits of shape (N, {', '.join(map(str, expected))}) but "
+                f"the student ({where}) returns {tuple(student.shape)}: store them for this student's classes/vocabulary"
+            ]
+        if not torch.isfinite(stored.values).all():
+            return [f"{self.name}: the stored teacher outputs hold non-finite logits (nan/inf): store them again"]
+        return []
+
     def distill_loss(self, pl_module, capture: ForwardCapture, teacher_output: Any) -> torch.Tensor:
+        if isinstance(teacher_output, StoredOutput):
+            return sparse_kd_loss(logits_of(capture.output), teacher_output.values, teacher_output.indices, self.config.temperature)
         return kd_loss(logits_of(capture.output), logits_of(teacher_output), self.config.temperature)
 
     @hookimpl
