@@ -59,6 +59,17 @@ def local_part(full: Tensor, like: Tensor) -> Tensor:
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
+def full_from_local(local: Tensor, like: Tensor) -> Tensor:
+    """The whole tensor whose slice on this rank is ``local``, laid out like the DTensor ``like``
+    (an all-gather: every rank must call it); ``local`` itself when ``like`` is a plain tensor."""
+    if not is_sharded(like):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    sharded = DTensor.from_local(local, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+    return sharded.full_tensor()
+
+
 def gather_full(obj: Any) -> Any:
     """``obj`` (nested dicts/lists/tuples) with every DTensor replaced by its full tensor on CPU."""
     if is_sharded(obj):

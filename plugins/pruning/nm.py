@@ -37,7 +37,8 @@ from lightning_eff.schedule import (
     step_resolver,
     training_progress,
 )
-from lightning_eff.technique import DDP_TESTED
+from lightning_eff.sharding import full_from_local, is_sharded, local_part, local_value
+from lightning_eff.technique import FSDP2_TESTED
 
 from .masked import MASK_BUFFER, MaskedWeights
 from .targets import overlap_problems, select_modules, selection_problems
@@ -75,6 +76,8 @@ def semi_structured_unsupported(weight: Tensor, n: int, m: int) -> str | None:
     """Why ``torch.sparse.to_sparse_semi_structured`` cannot take this weight, or None."""
     if (n, m) != (2, 4):
         return f"{n}:{m} is not 2:4"
+    if is_sharded(weight):
+        return "the weight is an FSDP2 shard (export from a consolidated checkpoint)"
     if not weight.is_cuda:
         return "the weight is not on a CUDA device"
     if torch.cuda.get_device_capability(weight.device) < (8, 0):
@@ -118,13 +121,10 @@ class NMSparsity(Technique):
 
     name = "nm_sparsity"
     phase = "optimizer"
-    # masks index whole weight tensors: FSDP/DeepSpeed shards would need sharded masks (not done)
-    supported_strategies = DDP_TESTED
-    strategy_refusals = {
-        "fsdp2": "it keeps each weight's hidden dense values as a whole tensor made in setup and splits the weight in "
-        "place every step; on FSDP2's DTensor shards this needs the split on each rank's local rows (N:M groups run "
-        "along the input dimension, so row shards keep them whole), which is not written yet",
-    }
+    # FSDP2 shards rows (dim 0) and N:M groups run along the input dimension (dim 1): each rank
+    # splits its own rows, the hidden values are kept per rank (local layout), the masks whole.
+    # The older FSDP/DeepSpeed flatten weights, which the groups cannot index.
+    supported_strategies = FSDP2_TESTED
     Config = NMSparsityConfig
 
     def __init__(
@@ -224,10 +224,11 @@ class NMSparsity(Technique):
             return
         flow = flow_factor(trainer.global_step, self.flow_start, self.flow_end) if self.config.gradient_flow_decay else 1.0
         for name in self.masked.names():
-            weight, mask, hidden = self.masked.weight(name), self.masked.mask(name), self.hidden[name]
+            param, hidden = self.masked.weight(name), self._local_hidden(name)
+            weight, mask = local_value(param), local_part(self.masked.mask(name), param)
             weight.add_(hidden)  # exact: the parameter is 0 where hidden is not, and hidden is 0 elsewhere
-            if weight.grad is not None:
-                grad = weight.grad
+            if param.grad is not None:
+                grad = local_value(param.grad)
                 pruned_grad = grad * flow if flow != 1.0 else grad
                 # SR-STE: the straight-through gradient plus lambda * (1 - mask) * W at pruned positions.
                 grad.copy_(torch.where(mask, grad, pruned_grad + self.config.decay * hidden))
@@ -255,15 +256,26 @@ class NMSparsity(Technique):
         self.active = True
         changes = 0
         for name in self.masked.names():
-            weight, mask = self.masked.weight(name), self.masked.mask(name)
+            param, hidden = self.masked.weight(name), self._local_hidden(name)
+            weight = local_value(param)
             if update:
-                keep = nm_mask(weight, self.config.n, self.config.m)
-                changes += int((keep != mask).sum())
+                # Whole rows on each rank: local masks are exact; gathering them (bools) makes the full mask.
+                keep = full_from_local(nm_mask(weight, self.config.n, self.config.m), param)
+                changes += int((keep != self.masked.mask(name)).sum())
                 self.masked.set(name, keep)
-            torch.where(mask, torch.zeros((), dtype=weight.dtype, device=weight.device), weight, out=self.hidden[name])
+            mask = local_part(self.masked.mask(name), param)
+            torch.where(mask, torch.zeros((), dtype=weight.dtype, device=weight.device), weight, out=hidden)
             masked_update_(weight, mask)
         if update:
             self.last_update_step, self.last_mask_changes = step, changes
+
+    def _local_hidden(self, name: str) -> Tensor:
+        """The hidden values of this rank's slice of the weight. Made whole in setup (or restored
+        whole from a checkpoint); sliced once FSDP2 has sharded the weight."""
+        param = self.masked.weight(name)
+        if self.hidden[name].shape != local_value(param).shape:
+            self.hidden[name] = local_part(self.hidden[name], param).clone()
+        return self.hidden[name]
 
     def export(self, trainer) -> int:
         """Replace 2:4 weights by semi-structured sparse tensors where supported; returns how many."""
@@ -309,10 +321,18 @@ class NMSparsity(Technique):
         return {
             "active": self.active,
             "masks": {n: m.cpu().clone() for n, m in self._current_masks().items()},
-            "hidden": {n: h.cpu().clone() for n, h in self.hidden.items()} if self.active else {},
+            "hidden": {n: self._full_hidden(n).cpu().clone() for n in self.hidden} if self.active else {},
             "last_update_step": self.last_update_step,
             "last_mask_changes": self.last_mask_changes,
         }
+
+    def _full_hidden(self, name: str) -> Tensor:
+        """Whole on every rank (an all-gather under FSDP2: checkpoints save on every rank)."""
+        hidden = self.hidden[name]
+        if self.masked is None or name not in self.masked.modules:
+            return hidden
+        param = self.masked.weight(name)
+        return full_from_local(hidden, param) if hidden.shape == local_value(param).shape else hidden
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.masked is None:  # loaded before setup: applied there
@@ -327,5 +347,6 @@ class NMSparsity(Technique):
         if self.active:
             self.masked.load_state_dict(state["masks"])
             for name, hidden in state["hidden"].items():
-                self.hidden[name].copy_(hidden.to(self.hidden[name].device))
+                # whole: sliced by _local_hidden when the weight is sharded
+                self.hidden[name] = hidden.to(self.hidden[name].device).clone()
         self.last_update_step, self.last_mask_changes = state["last_update_step"], state["last_mask_changes"]

@@ -78,7 +78,7 @@ def adaptive_freezing(): return [AdaptiveFreezing(every=2, start=0)]
 def selective_finetuning(): return [SelectiveFinetuning(train_last_blocks=1)]
 def gradual_layer(): return [GradualPruning(final_sparsity=0.5, start=0, end=4, update_every=1)]
 def gradual_global_rewind(): return [GradualPruning(final_sparsity=0.5, start=1, end=6, update_every=1, rewind_to=1, scope="global")]
-def nm_sparsity(): return [NMSparsity()]
+def nm_sparsity(): return [NMSparsity(make_permanent=False)]
 def structured_pruning(): return [StructuredPruning()]
 def mixed_precision(): return [MixedPrecision()]
 def int8_states(): return [LowPrecisionOptimizerStates(state_dtype="int8", min_numel=256, block_size=64)]
@@ -109,7 +109,7 @@ FREEZING = [
 PRUNING = [
     Fsdp2Case("gradual_pruning", gradual_layer, max_steps=6),
     Fsdp2Case("gradual_pruning_global_rewind", gradual_global_rewind, max_steps=8, resume_at=4),
-    Fsdp2Case("nm_sparsity", nm_sparsity),
+    Fsdp2Case("nm_sparsity", nm_sparsity, max_steps=8, resume_at=4),
     Fsdp2Case("structured_pruning", structured_pruning),
 ]
 PRECISION = [

@@ -11,7 +11,6 @@ from lightning_eff.testing_fsdp2 import ShardedTinyClassifier, assert_fsdp2_case
 pytestmark = pytest.mark.ddp
 
 REFUSED = {
-    "nm_sparsity": "row shards keep them whole",
     "structured_pruning": "fine-tune the shrunk model under FSDP2",
     "low_precision_optimizer_states": "keep torch.optim.AdamW under FSDP2",
     "float8_training": "enable_fsdp_float8_all_gather",
@@ -85,6 +84,18 @@ def test_pruning_masks_are_whole_on_every_rank_and_zero_the_sharded_weights(fsdp
         assert sum(int((~m).sum()) for m in masks.values()) == pytest.approx(
             0.5 * sum(m.numel() for m in masks.values()), abs=len(masks)
         )
+
+
+def test_nm_sparsity_keeps_n_of_every_m_in_the_gathered_weights(fsdp2_results):
+    results, _ = fsdp2_results
+    result = results["nm_sparsity"][0]
+    state = only_state(result)
+    assert state["masks"]
+    for module, mask in state["masks"].items():
+        groups = mask.view(mask.shape[0], -1, 4)
+        assert (groups.sum(-1) == 2).all(), module
+        weight = result["weights"][f"{module}.weight"]
+        assert not weight[~mask].any() and torch.equal(state["hidden"][module], state["hidden"][module] * ~mask)
 
 
 def test_mixed_precision_and_moe_train_sharded(fsdp2_results):
