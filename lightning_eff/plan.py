@@ -86,22 +86,23 @@ def resolve_order(techniques: Sequence[Technique]) -> tuple[list[Technique], lis
 
 
 #: the strategy kinds ``supported_strategies`` names (``strategy_kind`` of a Lightning strategy)
-STRATEGY_KINDS = ("single_device", "ddp", "fsdp2", "fsdp", "deepspeed")
+STRATEGY_KINDS = ("single_device", "ddp", "fsdp2", "tensor_parallel", "fsdp", "deepspeed")
 
 
 def strategy_kind(strategy: Any) -> str:
     """A short name for a Lightning strategy object: one of ``STRATEGY_KINDS``, or its class name.
 
-    ``fsdp2`` is Lightning's ModelParallelStrategy (``fully_shard`` in ``configure_model``; with a
-    tensor-parallel mesh too, which no technique declares); ``fsdp`` is the older FSDPStrategy."""
+    ``fsdp2`` is Lightning's ModelParallelStrategy as data parallelism (``fully_shard`` in
+    ``configure_model``); with a tensor-parallel mesh dimension over 1 it is ``tensor_parallel``,
+    which no technique is tested under; ``fsdp`` is the older FSDPStrategy."""
     from lightning.pytorch import strategies as S
 
-    for cls, kind in (
-        (S.ModelParallelStrategy, "fsdp2"),
-        (S.FSDPStrategy, "fsdp"),
-        (S.DeepSpeedStrategy, "deepspeed"),
-        (S.DDPStrategy, "ddp"),
-    ):
+    if isinstance(strategy, S.ModelParallelStrategy):
+        # resolved from "auto" in setup_environment, before preflight runs
+        tensor_parallel = getattr(strategy, "_tensor_parallel_size", 1)
+        return "tensor_parallel" if isinstance(tensor_parallel, int) and tensor_parallel > 1 else "fsdp2"
+
+    for cls, kind in ((S.FSDPStrategy, "fsdp"), (S.DeepSpeedStrategy, "deepspeed"), (S.DDPStrategy, "ddp")):
         if isinstance(strategy, cls):
             return kind
     if isinstance(strategy, S.SingleDeviceStrategy):

@@ -13,9 +13,12 @@ from lightning_eff.testing import TinyClassifier, TinyDataModule, quiet_trainer_
 from lightning_eff.testing_fsdp2 import assert_fsdp2_case_ok, fsdp2_strategy
 
 
-def test_model_parallel_strategy_is_fsdp2():
+def test_model_parallel_strategy_is_fsdp2_unless_it_has_a_tensor_parallel_mesh():
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
     assert strategy_kind(fsdp2_strategy()) == "fsdp2"
-    assert "fsdp2" in STRATEGY_KINDS
+    assert strategy_kind(ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)) == "tensor_parallel"
+    assert {"fsdp2", "tensor_parallel"} <= set(STRATEGY_KINDS)
 
 
 def test_every_technique_declares_fsdp2_or_says_why_not():
