@@ -43,7 +43,16 @@ ENTRIES: tuple[SuiteEntry, ...] = (
     SuiteEntry("progressive_freezing", "progressive_freezing", "finetune", regime="fine-tuning a pretrained model"),
     SuiteEntry("freeze_out", "freeze_out", "finetune", regime="fine-tuning a pretrained model"),
     SuiteEntry("adaptive_freezing", "adaptive_freezing", "finetune", regime="fine-tuning a pretrained model"),
-    SuiteEntry("selective_finetuning", "selective_finetuning", "finetune", regime="fine-tuning a pretrained model"),
+    SuiteEntry(
+        "selective_finetuning", "selective_finetuning", "finetune", {"recipe_steps": 2.0},
+        regime="fine-tuning a pretrained model, twice the (cheaper) steps",
+    ),
+    # parameter-efficient fine-tuning (needs the peft extra)
+    SuiteEntry(
+        "lora", "lora", "finetune", {"recipe_steps": 2.0},
+        regime="fine-tuning a pretrained model with low-rank adapters, twice the (cheaper) steps",
+        compare_with=("selective_finetuning",),
+    ),
     # data: label noise, against the random-subset control at equal compute
     SuiteEntry("random_subset", "random_subset", "vision", NOISY, regime="the control: 30% label noise"),
     SuiteEntry("selective_backprop", "selective_backprop", "vision", NOISY, regime="30% label noise", compare_with=("random_subset",)),
