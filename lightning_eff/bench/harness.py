@@ -31,7 +31,9 @@ ORDER = "one short discarded warm-up run per arm, then alternating: baseline fir
 TIME_TO_QUALITY = (
     "training seconds (validation excluded) at the first evaluation whose validation quality reaches the "
     "same-seed baseline's final quality; no interpolation between evaluations; the baseline is read the same way; "
-    "compute-to-quality is the cumulative training FLOPs at that same evaluation"
+    "compute-to-quality is the cumulative training FLOPs at that same evaluation; a model changed after its last "
+    "evaluation (a callback pruning at the end of the epoch) is evaluated again after training, and that "
+    "evaluation replaces the last one"
 )
 SCHEDULE = (
     "each task's own optimizer, identical in both arms; embedded tasks: AdamW, 5% warm-up, cosine decay to 0 "

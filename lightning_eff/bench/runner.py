@@ -144,6 +144,10 @@ def run_once(plan: RunPlan, arm: str, repeat: int, seed: int) -> Run:
         start = time.perf_counter()
         trainer.fit(module, datamodule=data)
         wall = time.perf_counter() - start
+        if clock.weights_changed_since_last_evaluation(module):
+            # A callback changed the weights after the last evaluation: evaluate the model training
+            # produced; the point replaces the last one (same step), its time is the end of training.
+            trainer.validate(module, datamodule=data, verbose=False)
     peak = read_peak_mb(memory_kind)
     if plan.logger == "wandb":
         import wandb

@@ -44,6 +44,7 @@ class RunClock(Callback):
         self._validation_seconds = 0.0
         self._paused_at: float | None = None
         self._cuda = False
+        self._evaluated_weights: tuple[float, ...] | None = None
 
     def _now(self) -> float:
         if self._cuda:
@@ -64,7 +65,8 @@ class RunClock(Callback):
         return now - self._start - self._validation_seconds
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._paused_at = self._now()
+        if self._end is None:  # after training (the end-of-training evaluation) the clock has stopped
+            self._paused_at = self._now()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seconds = 0.0 if trainer.sanity_checking else self.train_seconds
@@ -81,6 +83,8 @@ class RunClock(Callback):
             self.curve[-1] = point  # an evaluation repeated at the same step (end of epoch) replaces it
         else:
             self.curve.append(point)
+        if not trainer.sanity_checking:
+            self._evaluated_weights = weights_fingerprint(pl_module)
         if self._paused_at is not None:
             self._validation_seconds += self._now() - self._paused_at
             self._paused_at = None
@@ -109,9 +113,29 @@ class RunClock(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._end = self._now()
 
+    def weights_changed_since_last_evaluation(self, pl_module: pl.LightningModule) -> bool:
+        """Whether the model was changed after its last evaluation (Lightning's ``ModelPruning`` prunes
+        at the end of the epoch, after the epoch's last validation): then the curve's last point does
+        not describe the model that training produced."""
+        return self._evaluated_weights is not None and self._evaluated_weights != weights_fingerprint(pl_module)
+
     @property
     def final_lr_fraction(self) -> float | None:
         """Learning rate of the last step over the peak: about 0 for a fully decayed schedule."""
         if self.last_lr is None or self.peak_lr <= 0:
             return None
         return self.last_lr / self.peak_lr
+
+
+@torch.no_grad()
+def weights_fingerprint(module: torch.nn.Module) -> tuple[float, ...]:
+    """Two sums per state-dict tensor (parameters, pruning masks, buffers): cheap, and any pruning,
+    merge or update of a weight changes them."""
+    sums: list[float] = []
+    for tensor in module.state_dict().values():
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            values = tensor.detach().double()
+            sums += [float(values.sum()), float(values.abs().sum())]
+        elif torch.is_tensor(tensor):
+            sums.append(float(tensor.detach().double().sum()))
+    return tuple(sums)

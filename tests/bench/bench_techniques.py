@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import torch
+from lightning.pytorch import Callback
 from pydantic import Field
 
 from lightning_eff import Technique, TechniqueConfig, hookimpl
 from lightning_eff.module import index_batch
+
+
+class ZeroWeightsAtEpochEnd(Callback):
+    """Zeroes every weight when an epoch ends, after the epoch's last validation (as Lightning's
+    ``ModelPruning`` prunes): the model training produced is not the one last evaluated."""
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        for p in pl_module.parameters():
+            p.zero_()
 
 
 class NoLearning(Technique):
@@ -57,3 +68,7 @@ class KeepFirst(Technique):
 NO_LEARNING = {"description": "never learns", "techniques": [{"class_path": "bench_techniques.NoLearning"}]}
 KEEP_HALF = {"description": "half of every batch", "techniques": [{"class_path": "bench_techniques.KeepFirst", "init_args": {"keep": 0.5}}]}
 EMPTY = {"description": "no techniques", "techniques": []}
+ZERO_AT_EPOCH_END = {
+    "description": "zeroes the weights after the last validation",
+    "techniques": [{"class_path": "bench_techniques.ZeroWeightsAtEpochEnd"}],
+}

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import yaml
-from bench_techniques import EMPTY, KEEP_HALF, NO_LEARNING
+from bench_techniques import EMPTY, KEEP_HALF, NO_LEARNING, ZERO_AT_EPOCH_END
 from click.testing import CliRunner
 
 from lightning_eff.bench import format_table, load_result, run_bench
@@ -204,3 +204,15 @@ def test_recipe_steps_give_the_recipe_arm_its_own_longer_budget_and_the_report_s
     # Same seed, no technique, twice the steps (its own, slower-decaying schedule): it reaches the
     # baseline's final accuracy within its run, so time to quality is defined (deterministic on CPU).
     assert recipe_run.time_to_quality is not None
+
+
+def test_weights_changed_after_the_last_evaluation_are_evaluated_again():
+    # Lightning's ModelPruning prunes at the end of the epoch, after its last validation: the bench
+    # reported the unpruned model's quality as the pruned recipe's (a false "faster").
+    result = run_bench("vision", ZERO_AT_EPOCH_END, repeats=1, max_steps=6, evals=2, warmup_steps=0, quiet=True)
+    baseline, recipe = (next(r for r in result.runs if r.arm == arm) for arm in ("baseline", "recipe"))
+    assert [p.step for p in recipe.curve] == [p.step for p in baseline.curve]  # replaced, not appended
+    assert recipe.curve[0].quality == baseline.curve[0].quality  # same seed, same model until the end
+    assert recipe.final_quality < baseline.final_quality  # all-zero weights: one class for every image
+    assert recipe.curve[-1].train_seconds <= recipe.train_seconds
+    assert result.summary.verdict == "did not reach"
