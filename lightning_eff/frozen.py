@@ -6,9 +6,6 @@ decoupled weight decay and momentum whenever its ``grad`` is a tensor (zeros aft
 also leaves every param group and its optimizer state is dropped. Groups are never removed (an emptied
 group stays): learning-rate schedulers index groups by position, and a resumed optimizer state must
 meet the same group structure it was saved with.
-
-(``plugins/freezing/freezer.py`` carries the same two functions from before this module existed; they
-behave identically and can become imports of these.)
 """
 
 from __future__ import annotations

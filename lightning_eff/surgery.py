@@ -79,6 +79,19 @@ def name_matches(name: str, pattern: Pattern) -> bool:
     return False
 
 
+def names_matching_each(names: Iterable[str], patterns: Iterable[str]) -> tuple[set[str], tuple[str, ...]]:
+    """The names some glob matches, and the globs that matched none (for a preflight problem)."""
+    names = list(names)
+    chosen: set[str] = set()
+    unmatched = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        chosen.update(hits)
+        if not hits:
+            unmatched.append(pattern)
+    return chosen, tuple(unmatched)
+
+
 def _type_matches(module: nn.Module, types: TypeSpec) -> bool:
     # Strings name a class in the module's MRO, short or fully qualified ("Linear", "torch.nn.Linear"),
     # so YAML recipes can select by type without importing anything.

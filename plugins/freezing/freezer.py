@@ -1,9 +1,6 @@
-"""Freezing parameters for real: out of every optimizer param group, optimizer state dropped,
-``requires_grad=False``; and the bookkeeping of which blocks/parameters are frozen.
-
-Why leave the param groups: ``requires_grad=False`` alone is not enough. A parameter still in a group
-is moved by decoupled weight decay and momentum whenever its ``grad`` is a tensor (zeros after
-``zero_grad(set_to_none=False)``), and its momentum/Adam moments stay in memory for nothing.
+"""The bookkeeping of which blocks/parameters are frozen; the freezing itself (out of every param
+group, optimizer state dropped, ``requires_grad=False``) is :mod:`lightning_eff.frozen`, shared with
+the peft family.
 
 Why this is resume-safe: Lightning restores a checkpoint's optimizer state with
 ``optimizer.load_state_dict`` *after* ``on_fit_start``, and that call requires the same number of
@@ -20,29 +17,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from lightning_eff.frozen import freeze_parameters
+
 from .blocks import Blocks, parameters_by_block
-
-
-def remove_from_optimizers(
-    params: Iterable[nn.Parameter], optimizers: Sequence[torch.optim.Optimizer]
-) -> None:
-    """Take ``params`` out of every param group of every optimizer and drop their state."""
-    params = list(params)
-    ids = {id(p) for p in params}
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-        for p in params:
-            optimizer.state.pop(p, None)
-
-
-def freeze_parameters(params: Iterable[nn.Parameter], optimizers: Sequence[torch.optim.Optimizer]) -> None:
-    """Freeze for real: no gradient, no optimizer update, no optimizer state."""
-    params = list(params)
-    for p in params:
-        p.requires_grad_(False)
-        p.grad = None
-    remove_from_optimizers(params, optimizers)
 
 
 def unique_parameters(module: nn.Module) -> list[nn.Parameter]:

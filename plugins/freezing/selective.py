@@ -13,13 +13,13 @@ The frozen set is a function of the configuration and the model only, so it is r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from pydantic import Field
 from torch import nn
 
 from lightning_eff.config_types import Patterns
+from lightning_eff.surgery import names_matching_each
 
 from .base import FreezingConfig, FreezingTechnique
 from .blocks import block_problems
@@ -46,14 +46,8 @@ def trained_parameter_names(
                 preset in ("norm", "bias_and_norm") and is_norm(module)
             ):
                 chosen.add(name)
-    names = [n for n, _ in model.named_parameters()]
-    unmatched = []
-    for pattern in patterns:
-        hits = [n for n in names if fnmatchcase(n, pattern)]
-        chosen.update(hits)
-        if not hits:
-            unmatched.append(pattern)
-    return chosen, tuple(unmatched)
+    matched, unmatched = names_matching_each((n for n, _ in model.named_parameters()), patterns)
+    return chosen | matched, unmatched
 
 
 class SelectiveFinetuningConfig(FreezingConfig):

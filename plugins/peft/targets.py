@@ -8,11 +8,10 @@ pattern must match at least one Linear layer, or preflight names the pattern and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fnmatch import fnmatchcase
 
 from torch import nn
 
-from lightning_eff.surgery import find_modules, unmatched_problem
+from lightning_eff.surgery import find_modules, names_matching_each, unmatched_problem
 
 #: prefix of every adapter parameter and submodule peft's LoRA adds (lora_A, lora_B, lora_magnitude_vector...)
 ADAPTER_PREFIX = "lora_"
@@ -54,15 +53,7 @@ def target_problems(model: nn.Module, patterns: Sequence[str], exclude: Sequence
 def kept_trainable(model: nn.Module, patterns: Sequence[str]) -> tuple[set[str], tuple[str, ...]]:
     """Names of the base parameters the ``train`` globs keep trainable (a new task head), and the
     globs that matched no parameter."""
-    names = [n for n, _ in model.named_parameters() if not is_adapter_name(n)]
-    chosen: set[str] = set()
-    unmatched = []
-    for pattern in patterns:
-        hits = [n for n in names if fnmatchcase(n, pattern)]
-        chosen.update(hits)
-        if not hits:
-            unmatched.append(pattern)
-    return chosen, tuple(unmatched)
+    return names_matching_each((n for n, _ in model.named_parameters() if not is_adapter_name(n)), patterns)
 
 
 def frozen_base(model: nn.Module, train: set[str]) -> list[nn.Parameter]:
