@@ -21,7 +21,7 @@ from lightning_eff.registry import get_registry
 from lightning_eff.testing_fsdp2 import Fsdp2Case
 
 #: the built-in families these cases and docs/scaling-out.md cover
-FAMILIES = ("data", "freezing", "moe", "precision", "pruning")
+FAMILIES = ("data", "distillation", "freezing", "moe", "peft", "precision", "pruning")
 
 
 def family_techniques() -> dict:

@@ -1,5 +1,5 @@
 """docs/scaling-out.md's support table says what the code declares (supported_strategies,
-acts_before_sharding) for every technique of the five built-in families."""
+acts_before_sharding) for every technique of the seven built-in families."""
 
 from pathlib import Path
 
