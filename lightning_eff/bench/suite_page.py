@@ -83,8 +83,13 @@ def comparisons(rows: Sequence[SuiteRow]) -> list[str]:
 def environment_lines(rows: Sequence[SuiteRow]) -> list[str]:
     env = rows[0].result.environment
     versions = ", ".join(f"{k} {v}" for k, v in env.versions.items())
+    dates = sorted(row.result.environment.date for row in rows)
+    kept = sum(not row.ran_now for row in rows)
+    when = f"entries run from {dates[0]} to {dates[-1]}" if len(set(dates)) > 1 else f"entry run {dates[0]}"
+    if kept:  # read back from a stopped or earlier suite: measured with the code of that time
+        when += f" ({kept} kept from earlier suite runs, measured with the code of their date)"
     return [
-        f"- commit `{commit()}`, first entry started {env.date}",
+        f"- page written at commit `{commit()}`; {when}",
         f"- {env.device} ({env.processor}, {env.cpu_count} cores, torch threads {env.torch_threads}), {env.platform}",
         f"- Python {env.python}; {versions}",
     ]
