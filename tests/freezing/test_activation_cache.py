@@ -20,6 +20,8 @@ from lightning_eff.plugins.freezing.activation_cache import CachePolicyError
 from lightning_eff.testing import (
     TinyClassifier,
     TinyDataModule,
+    _fit,
+    _StopAndSave,
     assert_ranks_identical,
     assert_resume_equivalent,
     run_ddp,
@@ -200,6 +202,42 @@ def test_resume_with_caching_is_exact(tmp_path):
     (state,) = states.values()
     assert state["frozen_blocks"] == [0, 1]
     assert set(state) == {"block_names", "frozen_blocks", "extra"}  # nothing of the cache
+
+
+class RecordStored(pl.Callback):
+    """Over the epoch a mid-epoch resume continues: the samples trained on, and those stored."""
+
+    def __init__(self):
+        self.epoch, self.trained, self.stored = None, set(), set()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.epoch is None:
+            self.epoch = trainer.current_epoch
+        if trainer.current_epoch == self.epoch:
+            rows = trainer.datamodule.x
+            self.trained |= {int((rows == sample).all(dim=1).nonzero()[0]) for sample in batch[0]}
+            cache = next(cb for cb in trainer.callbacks if isinstance(cb, ProgressiveFreezing)).cache
+            self.stored = set(torch.nonzero(cache.levels).flatten().tolist())
+
+
+@pytest.mark.parametrize("half_steps", [13, 19])
+def test_a_mid_epoch_resume_stores_no_output_under_a_sample_it_did_not_train_on(tmp_path, half_steps):
+    # An ordinary DataLoader restarts its epoch on a mid-epoch resume while Lightning's batch_idx
+    # carries on, so batch_idx no longer addresses InfoBatchSampler's recorded indices: outputs were
+    # stored under other samples' keys, to be served later in place of theirs.
+    def resumed(cache: dict, extra=()):
+        def techniques():
+            return [ProgressiveFreezing(start=2, end=4, level=0.5, **cache)]
+
+        ckpt = Path(tmp_path) / f"half-{bool(cache)}.ckpt"
+        _fit(CountingClassifier, IndexedDataModule, techniques, 2 * half_steps, {}, extra_callbacks=[_StopAndSave(half_steps, ckpt)])
+        return _fit(CountingClassifier, IndexedDataModule, techniques, 2 * half_steps, {}, extra_callbacks=list(extra), ckpt_path=ckpt)[1]
+
+    record = RecordStored()
+    cached = resumed(CACHE, [record])
+    assert record.stored <= record.trained
+    # and the resumed run still equals the same resume without the cache
+    assert not state_differences(cached.state_dict(), resumed({}).state_dict(), "weights")
 
 
 class ReportCache(pl.Callback):
