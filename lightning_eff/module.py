@@ -39,11 +39,15 @@ def batch_size_of(batch: Any) -> int:
     raise TypeError("the batch holds no tensor")
 
 
-def batch_sample_indices(epoch_indices: Sequence[int], batch_idx: int, batch_size: int, batch: Any) -> torch.Tensor:
-    """Dataset indices of batch ``batch_idx`` of an epoch whose sampler yielded ``epoch_indices`` in
-    order (``InfoBatchSampler.epoch_indices``); the last batch may be shorter than ``batch_size``."""
-    offset = batch_idx * batch_size
-    return torch.tensor(epoch_indices[offset : offset + batch_size_of(batch)], dtype=torch.long)
+def batch_sample_indices(sampler: Any, batch_idx: int, batch_size: int, batch: Any) -> torch.Tensor:
+    """Dataset indices of the batch Lightning calls ``batch_idx``, from a sampler that records the
+    indices of the epoch it iterates in ``epoch_indices`` (``InfoBatchSampler``); the last batch may be
+    shorter than ``batch_size``. A sampler with ``position_of_batch`` says where in ``epoch_indices``
+    that batch starts (after a mid-epoch resume ``batch_idx`` carries on while an ordinary DataLoader
+    restarts its epoch); otherwise batch ``b`` starts at ``b * batch_size``."""
+    locate = getattr(sampler, "position_of_batch", None)
+    offset = locate(batch_idx, batch_size) if callable(locate) else batch_idx * batch_size
+    return torch.tensor(sampler.epoch_indices[offset : offset + batch_size_of(batch)], dtype=torch.long)
 
 
 def index_batch(batch: Any, index: torch.Tensor) -> Any:

@@ -167,7 +167,7 @@ class InfoBatch(Technique):
             raise RuntimeError(
                 f"info_batch: the sampler iterates a plan for epoch {self.sampler.plan_epoch}, not {trainer.current_epoch}"
             )
-        self.current = batch_sample_indices(self.sampler.epoch_indices, batch_idx, self.batch_size, batch)
+        self.current = batch_sample_indices(self.sampler, batch_idx, self.batch_size, batch)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.batches_done = batch_idx + 1

@@ -15,7 +15,8 @@ Resuming mid-epoch: Lightning restores the position only of DataLoaders that imp
 ``state_dict``/``load_state_dict`` and restarts any other loader's epoch from its first batch while
 ``batch_idx`` carries on. InfoBatch keeps the epoch's plan and the number of batches done in its own
 state and hands them back through ``set_plan(..., start=...)``: the resumed epoch yields only the
-samples not trained on yet.
+samples not trained on yet. Without InfoBatch the restarted epoch yields from its first sample, and
+``position_of_batch`` maps Lightning's carried-on batch_idx to the batch actually served.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class InfoBatchSampler(DistributedSampler):
         #: this rank's dataset indices of the epoch being iterated, in iteration order
         self.epoch_indices: list[int] = []
         self.start = 0
+        self.served_from = 0  # where in epoch_indices the current iteration started
+        self._first_batch_idx: int | None = None
 
     def set_plan(self, order: list[int], epoch: int, start: int = 0) -> None:
         """Iterate ``order`` in epoch ``epoch``. ``start``: samples of this rank's share already
@@ -64,9 +67,17 @@ class InfoBatchSampler(DistributedSampler):
         self.epoch_indices = shard(self._order(), rank, world, self.drop_last)
         start = self.start if self.plan_epoch == self.epoch else 0
         self.start = 0
-        # epoch_indices stays the whole epoch: batch_idx, which Lightning carries on after a
-        # mid-epoch resume, addresses it.
+        self.served_from, self._first_batch_idx = start, None
         return iter(self.epoch_indices[start:])
+
+    def position_of_batch(self, batch_idx: int, batch_size: int) -> int:
+        """Where in ``epoch_indices`` the batch Lightning calls ``batch_idx`` starts. The first batch
+        asked about in an iteration is that iteration's first: after a mid-epoch resume Lightning's
+        batch_idx carries on (batch k) while this iteration starts at ``served_from`` (InfoBatch's
+        resume point, or 0 when an ordinary DataLoader restarts its epoch)."""
+        if self._first_batch_idx is None:
+            self._first_batch_idx = batch_idx
+        return self.served_from + (batch_idx - self._first_batch_idx) * batch_size
 
     def __len__(self) -> int:
         world, rank = world_and_rank()

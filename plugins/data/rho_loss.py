@@ -284,7 +284,7 @@ class RhoLoss(BatchSelector):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.table is None:
             return
-        self.current = batch_sample_indices(self.sampler.epoch_indices, batch_idx, self.batch_size, batch)
+        self.current = batch_sample_indices(self.sampler, batch_idx, self.batch_size, batch)
 
     def _reference_losses(self, batch, n: int) -> torch.Tensor:
         if self.table is not None:

@@ -254,8 +254,6 @@ class FreezingTechnique(Technique):
             storage_device=device,
             owner=self.name,
         )
-        # False until an epoch starts in this fit: a fit resumed mid-epoch continues one it never began
-        self._epoch_begun = False
 
     def _find_index_source(self, trainer, pl_module) -> Any:
         """The training loader, and its index-recording sampler unless the module gives indices itself
@@ -280,21 +278,15 @@ class FreezingTechnique(Technique):
         if callable(own):
             return torch.as_tensor(own(batch), dtype=torch.long).flatten()
         sampler, batch_size = self._index_source
-        return batch_sample_indices(sampler.epoch_indices, batch_idx, batch_size, batch)
+        return batch_sample_indices(sampler, batch_idx, batch_size, batch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.cache is not None:
-            self._epoch_begun = True
             self._find_index_source(trainer, pl_module)
             self.cache.new_epoch(self.cacheable_prefix())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.cache is not None:
-            if not self._epoch_begun and self._index_source is not None:
-                # Resumed mid-epoch: a loader that is not resumable restarts its epoch while Lightning's
-                # batch_idx carries on, so batch_idx no longer addresses the sampler's indices. The
-                # cache sits the rest of this epoch out rather than store outputs under wrong samples.
-                return
             self.cache.raise_target_from_zero(self.cacheable_prefix())
             self.cache.begin_batch(self.batch_indices(trainer, pl_module, batch, batch_idx), pl_module.device)
 

@@ -116,3 +116,19 @@ class EpochScheduledClassifier(TinyClassifier):
 
 def test_epoch_interval_schedulers_step_at_the_end_of_the_resumed_epoch(tmp_path):
     assert_resume_equivalent(EpochScheduledClassifier, InfoBatchData, techniques, 10, tmp_path)
+
+
+def test_batch_positions_follow_the_iteration_not_lightnings_carried_on_batch_idx():
+    from lightning_eff.module import batch_sample_indices
+    from lightning_eff.plugins.data import InfoBatchSampler
+
+    sampler = InfoBatchSampler(list(range(12)), shuffle=False)
+    batch = torch.zeros(4)
+    iter(sampler)  # an ordinary loader restarted mid-epoch: it serves from the first sample...
+    assert batch_sample_indices(sampler, 2, 4, batch).tolist() == [0, 1, 2, 3]  # ...while batch_idx is 2
+    assert batch_sample_indices(sampler, 3, 4, batch).tolist() == [4, 5, 6, 7]
+    sampler.set_plan(list(range(12)), epoch=0, start=8)  # InfoBatch's resume point: batch 2 of 3 done
+    iter(sampler)
+    assert batch_sample_indices(sampler, 2, 4, batch).tolist() == [8, 9, 10, 11]
+    iter(sampler)  # a fresh epoch
+    assert batch_sample_indices(sampler, 0, 4, batch).tolist() == [0, 1, 2, 3]
