@@ -24,7 +24,9 @@ cuts, or not stored, runs in full and is stored at the target.
 Sample indices (the cache's keys) come from the LightningModule's ``sample_indices(batch)`` when it
 defines one, else from a sampler that records the indices it yields in ``epoch_indices`` (the data
 plugin's ``InfoBatchSampler``, the convention of ``info_batch`` and ``rho_loss``): batch ``b`` of the
-epoch holds ``epoch_indices[b * batch_size : (b + 1) * batch_size]``.
+epoch holds ``epoch_indices[b * batch_size : (b + 1) * batch_size]``, counted from the batch the
+iteration started at (``InfoBatchSampler.position_of_batch``: after a mid-epoch resume Lightning's
+batch_idx carries on while an ordinary loader restarts its epoch).
 
 The cache is derived state: never checkpointed, rebuilt after a resume (results are identical either
 way, because a served activation equals the recomputed one).
