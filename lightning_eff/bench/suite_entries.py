@@ -61,7 +61,7 @@ ENTRIES: tuple[SuiteEntry, ...] = (
     SuiteEntry("info_batch", "info_batch", "vision", {"epochs": 8}, regime="an epoch budget: pruned epochs are shorter"),
     # precision: CPU compute is not its target (cards say so); measured for quality and memory
     SuiteEntry("mixed_precision", "mixed_precision", "lm", regime="bf16 on CPU: not its target, quality and memory only"),
-    SuiteEntry("float8_training", "float8_training", "lm", regime="emulated fp8 on CPU: not its target"),
+    SuiteEntry("float8_training", "float8_training", "lm", regime="a no-op on CPU (no fp8 hardware; layers below min_features): not its target"),
     SuiteEntry("low_precision_optimizer_states", "low_precision_optimizer_states", "lm", regime="optimizer memory"),
     SuiteEntry("moe_upcycling", "moe_upcycling", "lm", regime="upcycled MoE vs dense continuation"),
     # Lightning's own callbacks in the same harness
