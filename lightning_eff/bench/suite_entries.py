@@ -63,7 +63,7 @@ ENTRIES: tuple[SuiteEntry, ...] = (
     SuiteEntry("mixed_precision", "mixed_precision", "lm", regime="bf16 on CPU: not its target, quality and memory only"),
     SuiteEntry("float8_training", "float8_training", "lm", regime="a no-op on CPU (no fp8 hardware; layers below min_features): not its target"),
     SuiteEntry("low_precision_optimizer_states", "low_precision_optimizer_states", "lm", regime="optimizer memory"),
-    SuiteEntry("moe_upcycling", "moe_upcycling", "lm", regime="upcycled MoE vs dense continuation"),
+    SuiteEntry("moe_upcycling", "moe_upcycling", "lm", regime="upcycled at step 0 of an untrained model: not its regime (the card's two-stage benchmarks/moe_upcycling.py upcycles a trained dense model)"),
     # Lightning's own callbacks in the same harness
     SuiteEntry(
         "peer: ModelPruning", "peer_model_pruning", "lm", {"max_steps": 600}, kind="peer",
