@@ -35,7 +35,7 @@ def main() -> None:
     model = DigitsCNN(width=args.width, hidden=args.hidden)
     meter = FlopMeter()
     kwargs = quiet_trainer_kwargs(max_steps=args.steps, limit_val_batches=None, deterministic=False)
-    trainer = pl.Trainer(**kwargs, callbacks=[meter], val_check_interval=None, check_val_every_n_epoch=None)
+    trainer = pl.Trainer(**kwargs, callbacks=meter.around([]), val_check_interval=None, check_val_every_n_epoch=None)
     trainer.fit(model, datamodule=DigitsDataModule(seed=args.seed))
     accuracy = trainer.validate(model, datamodule=DigitsDataModule(seed=args.seed), verbose=False)[0]["val/accuracy"]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ NOISY = {"label_noise": 0.3}
 
 ENTRIES: tuple[SuiteEntry, ...] = (
     SuiteEntry(
-        "quickstart", "quickstart", "finetune", {"recipe_steps": 2.0, "evals": 8},
+        "quickstart", "quickstart", "finetune", {"recipe_steps": 2.0, "evals": 8, "flops": "inline"},
         regime="the demo: fine-tuning a pretrained MiniLM, frozen bottom cached, twice the (cheaper) steps",
     ),
     # pruning: long enough to recover

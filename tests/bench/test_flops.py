@@ -1,6 +1,7 @@
 """Training FLOPs: the counter's forward/backward split, the custom-op formulas, and the bench's
 counts (every step, validation excluded, deterministic, the same in a separate or inline pass)."""
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -208,3 +209,106 @@ def test_a_counting_pass_is_joined_to_its_timed_run_by_evaluation_step():
     other = counted.model_copy(update={"curve": [*counted.curve[:2], counted.curve[2].model_copy(update={"quality": 0.6})]})
     assert diverged(timed, other)
     assert merge_counts(timed, counted.model_copy(update={"curve": counted.curve[:2]})).curve[2].flops is None
+
+
+def test_counts_equal_torchs_flop_counter_on_a_transformer_and_a_conv_training_step():
+    """The counter skips torch's per-op decomposition detour where an op has none: same counts."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, num_labels=3,
+    )
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(config)
+    ids, labels = torch.randint(0, 50, (4, 12)), torch.tensor([0, 1, 2, 1])
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    images = torch.randn(4, 1, 8, 8)
+    steps = {
+        "bert": lambda: bert(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward(),
+        "conv": lambda: torch.nn.functional.cross_entropy(conv(images), labels).backward(),
+    }
+    for name, step in steps.items():
+        ours, reference = SplitFlopCounter(), FlopCounterMode(display=False)
+        with ours:
+            step()
+        with reference:
+            step()
+        assert ours.total == reference.get_total_flops() > 0, name
+        assert ours.forward > 0 and ours.backward > 0, name
+
+
+class MatmulSGD(torch.optim.SGD):
+    """An optimizer whose update does a matmul (like Shampoo or Muon): 2 * 16 * 16 * 16 FLOPs a step."""
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None  # Lightning's closure: forward and backward
+        torch.ones(16, 16) @ torch.ones(16, 16)
+        super().step()
+        return loss
+
+
+class MatmulsAround(pl.Callback):
+    """Work a technique does before the update, and after it in ``on_train_batch_end``."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        torch.ones(8, 8) @ torch.ones(8, 8)  # 2 * 8 * 8 * 8 = 1024 FLOPs
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        torch.ones(4, 4) @ torch.ones(4, 4)  # 2 * 4 * 4 * 4 = 128 FLOPs
+
+
+def _meter_total(callbacks, optimizer_class, steps=3) -> int:
+    from lightning_eff.bench.flops import FlopMeter
+    from lightning_eff.testing import TinyClassifier, TinyDataModule, quiet_trainer_kwargs
+
+    class Module(TinyClassifier):
+        def configure_optimizers(self):
+            return optimizer_class(self.parameters(), lr=0.01)
+
+    torch.manual_seed(0)
+    meter = FlopMeter()
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_steps=steps), callbacks=meter.around(callbacks))
+    trainer.fit(Module(), datamodule=TinyDataModule())
+    return meter.total
+
+
+def test_the_optimizer_update_is_not_counted_and_technique_work_around_it_is():
+    steps = 3
+    plain = _meter_total([], torch.optim.SGD, steps)
+    assert _meter_total([], MatmulSGD, steps) == plain  # the update's own matmul is outside the count
+    assert _meter_total([MatmulsAround()], MatmulSGD, steps) == plain + steps * (1024 + 128)
+
+
+def test_counting_resumes_right_after_a_manual_optimization_update():
+    from lightning_eff.bench.flops import FlopMeter
+    from lightning_eff.testing import TinyClassifier, TinyDataModule, quiet_trainer_kwargs
+
+    class Manual(TinyClassifier):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(self.per_sample_loss(batch).mean())
+            optimizer.step()
+            torch.ones(8, 8) @ torch.ones(8, 8)  # after the update, still this step's work: 1024 FLOPs
+
+        def configure_optimizers(self):
+            return MatmulSGD(self.parameters(), lr=0.01)
+
+    def total(model):
+        torch.manual_seed(0)
+        meter = FlopMeter()
+        pl.Trainer(**quiet_trainer_kwargs(max_steps=2), callbacks=meter.around([])).fit(model, datamodule=TinyDataModule())
+        return meter
+
+    meter = total(Manual())
+    forward_and_backward = meter.total - 2 * 1024
+    torch.manual_seed(0)
+    model, batch = TinyClassifier(), next(iter(TinyDataModule().train_dataloader()))
+    counter = SplitFlopCounter()
+    with counter:
+        model.per_sample_loss(batch).mean().backward()
+    assert forward_and_backward == 2 * counter.total

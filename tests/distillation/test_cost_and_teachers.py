@@ -15,7 +15,7 @@ from lightning_eff.testing import TinyDataModule, quiet_trainer_kwargs
 def counted(techniques, steps=2):
     pl.seed_everything(0)
     meter = FlopMeter()
-    trainer = pl.Trainer(**quiet_trainer_kwargs(max_steps=steps), callbacks=[meter, *techniques])
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_steps=steps), callbacks=meter.around(techniques))
     trainer.fit(student(), datamodule=TinyDataModule())
     return meter.counter
 
