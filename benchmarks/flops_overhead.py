@@ -29,11 +29,11 @@ from lightning_eff.bench.tasks import get_task
 from lightning_eff.recipe import load_recipe
 
 
-def measure(task_name: str, steps: int, pairs: int, recipe: str | None) -> dict:
+def measure(task_name: str, steps: int, pairs: int, recipe: str | None, evals: int = 1) -> dict:
     task = get_task(task_name)
     loaded = load_recipe(recipe or {"techniques": []})
     arm = "recipe" if recipe else "baseline"
-    plan = RunPlan(task=task, recipe=loaded, max_steps=steps, eval_every=steps, accelerator="cpu", progress_bar=False)
+    plan = RunPlan(task=task, recipe=loaded, max_steps=steps, eval_every=steps // evals, accelerator="cpu", progress_bar=False)
     counted_plan = RunPlan(**{**plan.__dict__, "count_flops": True})
     plain_plan = RunPlan(**{**plan.__dict__, "count_flops": False})
     run_once(plain_plan, arm, -1, 0)  # warm-up: one-time costs land on neither side
@@ -48,7 +48,7 @@ def measure(task_name: str, steps: int, pairs: int, recipe: str | None) -> dict:
                 flops.add(run.flops)
     plain, counted = statistics.median(times["uncounted"]), statistics.median(times["counted"])
     return {
-        "task": task_name, "recipe": recipe or "(baseline)", "steps": steps, "pairs": pairs,
+        "task": task_name, "recipe": recipe or "(baseline)", "steps": steps, "evals": evals, "pairs": pairs,
         "uncounted_s": times["uncounted"], "counted_s": times["counted"],
         "median_uncounted_s": round(plain, 3), "median_counted_s": round(counted, 3), "ratio": round(counted / plain, 3),
         "distinct_flop_totals": sorted(flops),
@@ -100,13 +100,14 @@ def main() -> None:
     parser.add_argument("--block-steps", type=int, default=10, help="steps level: steps per block")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--evals", type=int, default=1, help="runs level: evaluations per run (as the bench's --evals)")
     parser.add_argument("--recipe", default=None, help="measure the recipe arm of this recipe instead of the baseline")
     args = parser.parse_args()
     for task in args.tasks:
         if args.level == "steps":
             print(json.dumps(measure_steps(task, args.blocks, args.block_steps)), flush=True)
         else:
-            print(json.dumps(measure(task, args.steps, args.pairs, args.recipe)), flush=True)
+            print(json.dumps(measure(task, args.steps, args.pairs, args.recipe, args.evals)), flush=True)
 
 
 if __name__ == "__main__":
