@@ -109,9 +109,10 @@ class _LeanDispatch(_FlopCounterMode):
             route = self.counter.routes[func] = self.counter.route(func)
         if route is _TORCH_PATH:
             return super().__torch_dispatch__(func, types, args, kwargs)
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if route is not _NO_FORMULA:
-            self.counter.add(route(*args, **(kwargs or {}), out_val=out))
+            self.counter.add(route(*args, **kwargs, out_val=out))
         return out
 
 
@@ -190,7 +191,8 @@ class FlopMeter(Callback):
     Placed right after the clock, before the techniques, so their set-up and per-batch work is inside;
     ``optimizer_pause`` goes last, so the techniques' ``on_before_optimizer_step`` work is inside too.
     The update itself is left out: its ops are elementwise (0 FLOPs by the convention above), and
-    passing each of them through the counter made counting cost up to 1.3x a step's time.
+    passing each of them through the counter cost time (a bare vision step counted with its AdamW
+    update: 1.79x, without: 1.46x; finetune 1.12x and 1.07x; measured 2026-12-06).
     """
 
     def __init__(self) -> None:
