@@ -6,6 +6,7 @@ from bench_techniques import EMPTY
 from lightning_eff.bench.runner import RunPlan, run_once
 from lightning_eff.bench.tasks import get_task
 from lightning_eff.bench.tasks.base import BenchTask
+from lightning_eff.errors import ConfigError
 from lightning_eff.recipe import load_recipe
 
 
@@ -34,8 +35,24 @@ def test_vision_model_exposes_blocks_and_linear_layers():
     from torch import nn
 
     module = get_task("vision").make_module()
-    assert len(module.blocks) == 3
+    assert len(module.blocks) == 4  # three conv stages, then the MLP stage
     assert any(isinstance(m, nn.Linear) for m in module.blocks.modules())
+    assert sum(p.numel() for p in module.parameters()) < 200_000  # small enough not to memorise noisy labels
+
+
+def test_vision_step_is_conv_compute_on_upsampled_digits():
+    import torch
+
+    from lightning_eff.bench.tasks.vision import DigitsCNN
+
+    module = get_task("vision").make_module()
+    first_conv_input = []
+    module.blocks[0][1].register_forward_hook(lambda m, args, out: first_conv_input.append(args[0].shape))
+    module(torch.zeros(2, 1, 8, 8))
+    assert first_conv_input == [torch.Size([2, 1, 32, 32])]
+    assert DigitsCNN(resolution=8)(torch.zeros(2, 1, 8, 8)).shape == (2, 10)  # the native size still works
+    with pytest.raises(ConfigError, match="multiple of the digits' 8 pixels"):
+        DigitsCNN(resolution=12)
 
 
 def test_lm_validation_loss_falls():
