@@ -6,7 +6,8 @@ Two levels, both alternating uncounted / counted so that a busy machine hits bot
   median training time of each and their ratio.
 * ``steps``: bare training steps (forward, backward, AdamW; the update uncounted, as in the bench) of
   the task's model on one batch, in blocks; median seconds per step. Less exposed to other processes
-  than whole runs.
+  than whole runs. A third arm runs the steps under a Python dispatch mode that counts nothing: the
+  part of the cost that any per-op Python hook pays, whatever it does.
 
 The bench counts inside timed runs only if this stays within 1.1x (docs/benchmarking.md, "Compute").
 
@@ -17,11 +18,13 @@ The bench counts inside timed runs only if this stays within 1.1x (docs/benchmar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_eff.bench.flops import SplitFlopCounter
 from lightning_eff.bench.runner import RunPlan, run_once
@@ -55,6 +58,13 @@ def measure(task_name: str, steps: int, pairs: int, recipe: str | None, evals: i
     }
 
 
+class _PassThrough(TorchDispatchMode):
+    """A Python dispatch mode that counts nothing: what any per-op Python hook costs, the floor for ours."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
 def measure_steps(task_name: str, blocks: int, steps_per_block: int) -> dict:
     task = get_task(task_name)
     torch.manual_seed(0)
@@ -63,32 +73,34 @@ def measure_steps(task_name: str, blocks: int, steps_per_block: int) -> dict:
     batch = next(iter(data.train_dataloader()))
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     counter = SplitFlopCounter()
+    modes = {"uncounted": contextlib.nullcontext, "passthrough": _PassThrough, "counted": lambda: counter}
 
-    def step(counted: bool) -> None:
-        if counted:  # as the bench counts: forward and backward, the optimizer update outside
-            with counter:
-                module.per_sample_loss(batch).mean().backward()
-        else:
+    def step(arm: str) -> None:
+        with modes[arm]():  # as the bench counts: forward and backward, the optimizer update outside
             module.per_sample_loss(batch).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
 
-    def block(counted: bool) -> float:
+    def block(arm: str) -> float:
         start = time.perf_counter()
         for _ in range(steps_per_block):
-            step(counted)
+            step(arm)
         return (time.perf_counter() - start) / steps_per_block
 
-    block(False), block(True)  # warm-up
-    times = {"uncounted": [], "counted": []}
+    for arm in modes:  # warm-up
+        block(arm)
+    times = {arm: [] for arm in modes}
+    arms = list(modes)
     for i in range(blocks):
-        for counted in ((False, True) if i % 2 == 0 else (True, False)):
-            times["counted" if counted else "uncounted"].append(block(counted))
-    plain, counted = statistics.median(times["uncounted"]), statistics.median(times["counted"])
+        for arm in arms[i % 3:] + arms[: i % 3]:  # rotate the order: drifts in machine speed hit every arm alike
+            times[arm].append(block(arm))
+    medians = {arm: statistics.median(t) for arm, t in times.items()}
     return {
         "task": task_name, "level": "steps", "blocks": blocks, "steps_per_block": steps_per_block,
-        "median_uncounted_ms": round(plain * 1e3, 2), "median_counted_ms": round(counted * 1e3, 2),
-        "ratio": round(counted / plain, 3), "flops_per_step": counter.total // ((blocks + 1) * steps_per_block),
+        **{f"median_{arm}_ms": round(m * 1e3, 2) for arm, m in medians.items()},
+        "ratio": round(medians["counted"] / medians["uncounted"], 3),
+        "passthrough_ratio": round(medians["passthrough"] / medians["uncounted"], 3),
+        "flops_per_step": counter.total // ((blocks + 1) * steps_per_block),
     }
 
 

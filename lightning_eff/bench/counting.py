@@ -18,8 +18,9 @@ WHAT_COUNTS = (
 )
 # benchmarks/flops_overhead.py, 2-core CPU, 2026-12-06: see docs/benchmarking.md ("Compute").
 MEASURED_OVERHEAD = (
-    "counting inside a run measured 1.12x the time of whole finetune baseline runs and 1.15x of its quickstart "
-    "recipe runs (slightly over the 1.1x limit, both arms alike), 1.60x of a bare vision training step and 1.38x of an lm step"
+    "counting inside a run measured 1.09-1.12x the time of whole finetune baseline runs and 1.15x of its quickstart "
+    "recipe runs (slightly over the 1.1x limit, both arms alike; a Python dispatch mode that counts nothing costs the "
+    "same), 1.26x of a bare lm training step and 1.02x of a vision step"
 )
 FLOPS_METHOD = {
     "separate": (
