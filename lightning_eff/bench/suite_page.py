@@ -11,6 +11,10 @@ from pathlib import Path
 
 from lightning_eff.bench.suite import SuiteRow
 
+# Everything below this line in an existing page is written by people (how to read the numbers) and is
+# carried over when the suite rewrites the page: a re-run must not delete the analysis.
+HAND_WRITTEN_MARKER = "<!-- hand-written below: lightning-eff bench suite keeps what follows -->"
+
 HEADER = ("entry", "task", "regime", "verdict", "time-to-quality speed-up", "compute saving", "reached", "quality delta", "notes")
 
 
@@ -119,9 +123,20 @@ def write_markdown(rows: Sequence[SuiteRow], path: Path, command: str, link_pref
     if compared:
         lines += ["## Side by side", "", *compared, ""]
     lines += ["## Environment", "", *environment_lines(rows), ""]
+    kept = hand_written_part(path)
+    if kept:
+        lines += [HAND_WRITTEN_MARKER, kept]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def hand_written_part(path: Path) -> str:
+    """What follows the marker in the page already at ``path`` ('' without a page or a marker)."""
+    if not path.is_file():
+        return ""
+    _, marker, rest = path.read_text().partition(HAND_WRITTEN_MARKER)
+    return rest.lstrip("\n") if marker else ""
 
 
 def plot_ratios(rows: Sequence[SuiteRow], path: Path) -> Path:

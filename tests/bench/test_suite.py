@@ -7,7 +7,7 @@ import pytest
 
 from lightning_eff.bench.suite import SuiteEntriesFailed, entry_recipe, run_suite, select_entries
 from lightning_eff.bench.suite_entries import ENTRIES, entry_folder
-from lightning_eff.bench.suite_page import spread_text, write_html, write_markdown
+from lightning_eff.bench.suite_page import HAND_WRITTEN_MARKER, spread_text, write_html, write_markdown
 from lightning_eff.errors import ConfigError
 from lightning_eff.recipe import load_recipe
 
@@ -73,6 +73,19 @@ def test_the_results_page_has_every_entry_the_side_by_side_and_the_environment(s
     html = write_html(rows, out, command="lightning-eff bench suite --quick").read_text()
     assert 'src="suite_ratios.png"' in html and (out / "suite_ratios.png").stat().st_size > 1000
     assert html.count("<tr>") == len(rows) + 1
+
+
+def test_rewriting_the_page_keeps_the_hand_written_part_and_only_that(suite_out):
+    out, rows, _ = suite_out
+    path = out / "page.md"
+    path.write_text("# stale table\n| old | row |\n" + HAND_WRITTEN_MARKER + "\n\n## Reading this page\n\n- why 1.2x\n")
+    page = write_markdown(rows, path, command="lightning-eff bench suite").read_text()
+    assert "stale table" not in page and "| old | row |" not in page
+    assert page.count(HAND_WRITTEN_MARKER) == 1
+    assert page.endswith(HAND_WRITTEN_MARKER + "\n## Reading this page\n\n- why 1.2x\n")
+    assert write_markdown(rows, path, command="lightning-eff bench suite").read_text() == page  # stable
+    fresh = write_markdown(rows, out / "fresh.md", command="lightning-eff bench suite").read_text()
+    assert HAND_WRITTEN_MARKER not in fresh
 
 
 def test_unknown_entries_are_refused_naming_the_known_ones():
