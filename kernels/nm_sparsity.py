@@ -32,16 +32,37 @@ def _groups(weight: Tensor, m: int) -> Tensor:
     return weight.reshape(-1, m)
 
 
+#: groups up to this size are ranked by pairwise comparison (m*(m-1) elementwise ops); larger ones by top-k
+RANK_BY_COMPARISON_MAX_M = 8
+
+
 def nm_mask_reference(weight: Tensor, n: int, m: int) -> Tensor:
     """Bool keep-mask: top-``n`` ``|w|`` of each group of ``m`` along the last dim, lower index on ties."""
-    scores = _groups(weight.detach(), m).abs().float()
-    # Unique keys, so any top-k is the stable sort's: the bits of a non-negative fp32 order like its
-    # value, and the reversed index below them makes the lower index win a tie (2x faster on CPU
-    # than a stable argsort).
-    key = scores.view(torch.int32).to(torch.int64) * m + (m - 1 - torch.arange(m, device=scores.device))
-    keep = torch.zeros_like(scores, dtype=torch.bool)
+    # The bits of a non-negative fp32 order like its value (NaN above inf), so integer keys rank exactly.
+    bits = _groups(weight.detach(), m).abs().float().view(torch.int32)
+    if m <= RANK_BY_COMPARISON_MAX_M:
+        return _keep_by_rank(bits, n, m).view(weight.shape)
+    # Unique keys, so any top-k is the stable sort's: the reversed index below the bits makes the lower
+    # index win a tie (2x faster on CPU than a stable argsort).
+    key = bits.to(torch.int64) * m + (m - 1 - torch.arange(m, device=bits.device))
+    keep = torch.zeros_like(bits, dtype=torch.bool)
     keep.scatter_(1, key.topk(n, dim=1, sorted=False).indices, True)
     return keep.view(weight.shape)
+
+
+def _keep_by_rank(bits: Tensor, n: int, m: int) -> Tensor:
+    """Position i is kept when fewer than ``n`` entries of its group beat it: a larger key, or an equal
+    key at a lower index. For 2:4 on MiniLM's 10.6M Linear weights, 2-3x faster on CPU (one thread)
+    than the top-k over int64 keys."""
+    cols = bits.t().contiguous()  # (m, groups): each position's keys contiguous
+    keep = torch.empty(cols.shape, dtype=torch.bool, device=bits.device)
+    for i in range(m):
+        beaten = torch.zeros(cols.shape[1], dtype=torch.uint8, device=bits.device)
+        for j in range(m):
+            if j != i:
+                beaten += cols[j] >= cols[i] if j < i else cols[j] > cols[i]
+        torch.lt(beaten, n, out=keep[i])
+    return keep.t().contiguous()
 
 
 def nm_mask_decay_reference(weight: Tensor, grad: Tensor, n: int, m: int, decay: float) -> tuple[Tensor, Tensor]:

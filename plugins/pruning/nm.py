@@ -229,9 +229,12 @@ class NMSparsity(Technique):
             weight.add_(hidden)  # exact: the parameter is 0 where hidden is not, and hidden is 0 elsewhere
             if param.grad is not None:
                 grad = local_value(param.grad)
-                pruned_grad = grad * flow if flow != 1.0 else grad
                 # SR-STE: the straight-through gradient plus lambda * (1 - mask) * W at pruned positions.
-                grad.copy_(torch.where(mask, grad, pruned_grad + self.config.decay * hidden))
+                if flow == 1.0:
+                    # hidden is 0 at kept positions, so one in-place add is the masked sum (10x cheaper on CPU than the where).
+                    grad.add_(hidden * self.config.decay)  # not alpha=: a fused multiply-add rounds differently
+                else:
+                    grad.copy_(torch.where(mask, grad, grad * flow + self.config.decay * hidden))
         self._stepped = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -261,7 +264,7 @@ class NMSparsity(Technique):
             if update:
                 # Whole rows on each rank: local masks are exact; gathering them (bools) makes the full mask.
                 keep = full_from_local(nm_mask(weight, self.config.n, self.config.m), param)
-                changes += int((keep != self.masked.mask(name)).sum())
+                changes += int(torch.count_nonzero(keep != self.masked.mask(name)))
                 self.masked.set(name, keep)
             mask = local_part(self.masked.mask(name), param)
             torch.where(mask, torch.zeros((), dtype=weight.dtype, device=weight.device), weight, out=hidden)

@@ -6,6 +6,8 @@ the gradient's dtype that fp32/fp16 round identically under the interpreter; bf1
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightning_eff.kernels import nm_sparsity as K
 from lightning_eff.kernels import testing as kt
@@ -117,11 +119,14 @@ def test_masked_update_of_a_strided_view_falls_back_to_the_reference():
 
 
 @pytest.mark.parametrize("n, m", PATTERNS)
-def test_reference_keeps_the_first_n_of_a_stable_descending_sort(n, m):
+def test_reference_keeps_the_first_n_of_a_stable_descending_sort(n, m, monkeypatch):
     weight = sample((9, 6 * m), torch.float32, seed=5)
     weight[0, :m] = -0.0  # signed zeros tie with zeros
     order = torch.argsort(weight.reshape(-1, m).abs(), dim=1, descending=True, stable=True)
     expected = torch.zeros(order.shape, dtype=torch.bool).scatter_(1, order[:, :n], True).view(weight.shape)
+    assert torch.equal(K.nm_mask_reference(weight, n, m), expected)
+    # and the top-k path larger groups take gives the same mask
+    monkeypatch.setattr(K, "RANK_BY_COMPARISON_MAX_M", 0)
     assert torch.equal(K.nm_mask_reference(weight, n, m), expected)
 
 
@@ -151,3 +156,25 @@ def test_masked_update_under_torch_compile_edits_in_place():
     torch._dynamo.reset()
     out = torch.compile(remask, backend="aot_eager", fullgraph=True)(weight, mask)
     assert torch.equal(out, expected) and torch.equal(weight, expected / 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(2, 8),
+    data=st.data(),
+)
+def test_rank_and_top_k_paths_agree_on_any_values(m, data):
+    # NaN, inf, signed zeros and heavy ties included: both paths order by the same integer keys
+    n = data.draw(st.integers(1, m - 1))
+    values = data.draw(st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, float("inf"), float("-inf"), float("nan")])
+                                | st.floats(-1e3, 1e3, width=32), min_size=m, max_size=8 * m))
+    weight = torch.tensor(values[: len(values) - len(values) % m], dtype=torch.float32).reshape(-1, m)
+    by_rank = K.nm_mask_reference(weight, n, m)
+    saved = K.RANK_BY_COMPARISON_MAX_M
+    K.RANK_BY_COMPARISON_MAX_M = 0
+    try:
+        by_top_k = K.nm_mask_reference(weight, n, m)
+    finally:
+        K.RANK_BY_COMPARISON_MAX_M = saved
+    assert torch.equal(by_rank, by_top_k)
+    assert (by_rank.sum(1) == n).all()
