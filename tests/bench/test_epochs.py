@@ -16,8 +16,9 @@ from lightning_eff.bench.command import bench
 from lightning_eff.bench.epochs import check_every
 from lightning_eff.bench.harness import epoch_evals
 from lightning_eff.bench.html import render_html
+from lightning_eff.bench.tasks.base import BenchModule, warmup_cosine_factor
 from lightning_eff.errors import ConfigError
-from lightning_eff.testing import TinyDataModule
+from lightning_eff.testing import TinyClassifier, TinyDataModule
 
 EPOCHS = 2
 BATCHES = TinyDataModule().steps_per_epoch  # 64 samples / 8
@@ -92,6 +93,24 @@ def test_a_sampler_that_shortens_epochs_leaves_lightnings_estimate_too_high_and_
     assert schedule_shortfall(run) == pytest.approx(0.25)
     warning = next(w for w in result.warnings if "estimated_stepping_batches" in w)
     assert re.search(rf"the baseline arm trained fewer steps .* {run.steps} of trainer.estimated_stepping_batches = {EPOCHS * BATCHES}, 25% short", warning)
+
+
+class DecayingTinyClassifier(TinyClassifier):
+    """TinyClassifier under the embedded tasks' schedule (AdamW, cosine to 0 over the epochs)."""
+
+    lr, weight_decay, warmup_fraction = 0.01, 0.0, 0.0
+    configure_optimizers = BenchModule.configure_optimizers
+
+
+def test_the_tasks_schedule_decays_to_zero_over_shortened_epochs_and_nothing_is_warned():
+    result = run_bench(data="test_epochs:ShrinkingData", **{**TINY, "model": "test_epochs:DecayingTinyClassifier"},
+                       recipe=EMPTY, repeats=1, epochs=EPOCHS, evals=EPOCHS, warmup_steps=0, quiet=True, flops="off")
+    run = result.runs[0]
+    assert run.steps == BATCHES + BATCHES // 2 and run.estimated_steps == EPOCHS * BATCHES
+    # The last step runs at the rate set after the epoch's third of four half-size batches: position
+    # 8 + 3 * 8 / 4 = 14 of 16, as in a full epoch's 14th step; the step after it would be at 0.
+    assert run.final_lr_fraction == pytest.approx(warmup_cosine_factor(14, EPOCHS * BATCHES, 0))
+    assert not any("estimated_stepping_batches" in w for w in result.warnings)
 
 
 def fail_if_training_starts(*args, **kwargs):

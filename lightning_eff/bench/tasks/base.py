@@ -15,11 +15,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_eff.bench.tasks.lr_schedule import OwnGroupsLambdaLR
+from lightning_eff.bench.tasks.lr_schedule import EpochPosition, OwnGroupsLambdaLR
 from lightning_eff.module import EfficientModule
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+def warmup_cosine_factor(step: float, total_steps: int, warmup_steps: int) -> float:
     """Learning-rate multiplier: linear warm-up, then cosine decay to exactly 0 at ``total_steps``.
 
     A fully decayed schedule is what a skeptic's baseline uses ("No Train No Gain", Kaddour et al.
@@ -36,7 +36,8 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> floa
 
 
 class BenchModule(EfficientModule, pl.LightningModule):
-    """Base of the embedded tasks' modules: AdamW + warm-up + cosine to 0 over the run's steps.
+    """Base of the embedded tasks' modules: AdamW + warm-up + cosine to 0 over the run's steps (under
+    an epoch budget, over its epochs: see :class:`EpochPosition`).
 
     The optimizer gets the parameters that require gradients when it is built (Lightning's advice):
     our freezing techniques freeze later (``on_fit_start``) and remove parameters from it themselves;
@@ -58,7 +59,8 @@ class BenchModule(EfficientModule, pl.LightningModule):
         )
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(self.warmup_fraction * total)
-        scheduler = OwnGroupsLambdaLR(optimizer, lambda s: warmup_cosine_factor(s, total, warmup))
+        position = EpochPosition.for_trainer(self.trainer, total)
+        scheduler = OwnGroupsLambdaLR(optimizer, lambda s: warmup_cosine_factor(position(s), total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
