@@ -37,7 +37,7 @@ ENTRIES: tuple[SuiteEntry, ...] = (
     ),
     # pruning: long enough to recover
     SuiteEntry("gradual_pruning", "gradual_pruning", "lm", {"max_steps": 600}, regime="80% sparsity with a budget long enough to recover"),
-    SuiteEntry("nm_sparsity", "nm_sparsity", "finetune", regime="2:4 while fine-tuning a pretrained model"),
+    SuiteEntry("nm_sparsity", "nm_sparsity", "finetune", {"max_steps": 300}, regime="2:4 while fine-tuning a pretrained model, 300 steps (about six epochs) to recover"),
     SuiteEntry("structured_pruning", "structured_pruning", "finetune", regime="shrinks FFN neurons: the gain is inference speed (card)"),
     # freezing: while fine-tuning a pretrained model
     SuiteEntry("progressive_freezing", "progressive_freezing", "finetune", regime="fine-tuning a pretrained model"),
