@@ -135,6 +135,24 @@ def run_suite(
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         say(f"        {entry.name}: {result.summary.verdict}; compute: {result.summary.compute_verdict}")
         rows.append(SuiteRow(entry, folder.name, result, ran_now=True))
+    if only:
+        rows = _with_kept_rows(rows, out, quick, repeats)
     if failed:
         raise SuiteEntriesFailed(rows, failed)
     return rows
+
+
+def _with_kept_rows(rows: list[SuiteRow], out: Path, quick: bool, repeats: int | None) -> list[SuiteRow]:
+    """``rows`` plus the entries not selected that finished earlier with the same settings, in suite
+    order: re-running some entries keeps the others on the results page."""
+    by_name = {row.entry.name: row for row in rows}
+    merged = []
+    for entry in select_entries(None):
+        if entry.name in by_name:
+            merged.append(by_name[entry.name])
+            continue
+        folder = out / entry_folder(entry.name)
+        done = _finished(folder, _settings(entry, bench_options(entry, quick, repeats)))
+        if done is not None:
+            merged.append(SuiteRow(entry, folder.name, done, ran_now=False))
+    return merged

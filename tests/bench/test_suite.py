@@ -49,6 +49,28 @@ def test_a_stopped_suite_continues_where_it_stopped(suite_out):
     assert again[0].result.summary == rows[0].result.summary
 
 
+def test_re_running_some_entries_keeps_the_others_finished_earlier_on_the_page(suite_out):
+    out, rows, _ = suite_out
+
+    def must_not_run(**kwargs):
+        raise AssertionError(f"entry ran again: {kwargs['recipe']}")  # pragma: no cover
+
+    again = run_suite(out, only=["selective_backprop"], quick=True, say=lambda line: None, run=must_not_run)
+    assert [r.entry.name for r in again] == TWO, "the entry not selected is still a row, in suite order"
+    assert again[0].result.summary == rows[0].result.summary
+
+
+def test_an_entry_finished_with_other_settings_is_not_kept_on_the_page(suite_out):
+    out, _, _ = suite_out
+
+    def crash(**kwargs):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(SuiteEntriesFailed) as failure:
+        run_suite(out, only=["selective_backprop"], quick=True, repeats=2, say=lambda line: None, run=crash)
+    assert failure.value.rows == [], "random_subset finished with one repeat, not two"
+
+
 def test_changed_settings_run_the_entry_again(suite_out):
     out, _, _ = suite_out
     seen = []
