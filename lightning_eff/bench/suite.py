@@ -112,10 +112,10 @@ def run_suite(
         folder = out / entry_folder(entry.name)
         options = bench_options(entry, quick, repeats)
         settings = _settings(entry, options)
-        done = _finished(folder, settings)
-        if done is not None:
-            say(f"[{i}/{len(entries)}] {entry.name}: done earlier ({done.summary.verdict}), kept")
-            rows.append(SuiteRow(entry, folder.name, done, ran_now=False))
+        kept = _kept_row(entry, out, quick, repeats)
+        if kept is not None:
+            say(f"[{i}/{len(entries)}] {entry.name}: done earlier ({kept.result.summary.verdict}), kept")
+            rows.append(kept)
             continue
         left = len(entries) - i + 1
         eta = _duration(sum(spent) / len(spent) * left) if spent else "after the first entry"
@@ -146,13 +146,12 @@ def _with_kept_rows(rows: list[SuiteRow], out: Path, quick: bool, repeats: int |
     """``rows`` plus the entries not selected that finished earlier with the same settings, in suite
     order: re-running some entries keeps the others on the results page."""
     by_name = {row.entry.name: row for row in rows}
-    merged = []
-    for entry in select_entries(None):
-        if entry.name in by_name:
-            merged.append(by_name[entry.name])
-            continue
-        folder = out / entry_folder(entry.name)
-        done = _finished(folder, _settings(entry, bench_options(entry, quick, repeats)))
-        if done is not None:
-            merged.append(SuiteRow(entry, folder.name, done, ran_now=False))
-    return merged
+    merged = [by_name.get(entry.name) or _kept_row(entry, out, quick, repeats) for entry in select_entries(None)]
+    return [row for row in merged if row is not None]
+
+
+def _kept_row(entry: SuiteEntry, out: Path, quick: bool, repeats: int | None) -> SuiteRow | None:
+    """The entry's row read back from ``out`` if it finished earlier with the same settings."""
+    folder = out / entry_folder(entry.name)
+    done = _finished(folder, _settings(entry, bench_options(entry, quick, repeats)))
+    return None if done is None else SuiteRow(entry, folder.name, done, ran_now=False)

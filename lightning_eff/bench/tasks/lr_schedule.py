@@ -40,7 +40,6 @@ class EpochPosition:
     def __init__(self, trainer, full_batches: int) -> None:
         self.trainer, self.full = trainer, full_batches
         self._lengths: dict[int, int] = {}  # epoch -> its batches (a sampler's len can cost O(dataset))
-        self.shortened = False  # has an epoch been shorter than a full one?
 
     @classmethod
     def for_trainer(cls, trainer, total_steps: int) -> Callable[[int], float]:
@@ -63,10 +62,7 @@ class EpochPosition:
         loop = getattr(self.trainer, "fit_loop", None)
         if loop is None or step == 0 or self.trainer.train_dataloader is None:
             return step
-        epoch = self.trainer.current_epoch
-        this = self._batches_this_epoch(epoch)
-        self.shortened = self.shortened or this != self.full
-        if not self.shortened:
-            return step  # only full epochs so far: the step itself
+        # Read from the loop's progress (restored on resume), so no state of ours has to be checkpointed.
+        epoch, this = self.trainer.current_epoch, self._batches_this_epoch(self.trainer.current_epoch)
         done = loop.epoch_loop.batch_progress.current.processed  # batches of this epoch, the current one included
-        return epoch * self.full + done * self.full / this
+        return epoch * self.full + (done if this == self.full else done * self.full / this)
