@@ -2,11 +2,12 @@
 folder each, then one results page (Markdown + HTML with plots) over all of them.
 
 A suite stopped midway continues where it stopped: an entry whose ``results.json`` exists (and was
-made with the same settings) is read back instead of run again.
+made with the same settings, on the task as it is built now) is read back instead of run again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -67,19 +68,39 @@ def bench_options(entry: SuiteEntry, quick: bool, repeats: int | None) -> dict[s
     return options
 
 
+@functools.cache
+def task_fingerprint(task: str, label_noise: float | None = None) -> tuple[str, int]:
+    """The task as it is built now: its details (data sizes, model, sequence length...) as JSON, and
+    its model's parameter count."""
+    from lightning_eff.bench.tasks import get_task
+
+    bench_task = get_task(task, label_noise=label_noise)
+    parameters = sum(p.numel() for p in bench_task.make_module().parameters())
+    return json.dumps(bench_task.details, sort_keys=True), parameters
+
+
+def _measured_the_task_as_built_now(result: Any, entry: SuiteEntry, options: dict[str, Any]) -> bool:
+    """Whether ``result`` was measured on the task as it is built now: a result of an earlier size of
+    the task (a resized model, a longer sequence) must be run again, not kept beside the new ones."""
+    details, parameters = task_fingerprint(entry.task, options.get("label_noise"))
+    baseline = {run.parameters for run in result.runs if run.arm == "baseline"}
+    return json.dumps(result.task.details, sort_keys=True) == details and baseline == {parameters}
+
+
 def _settings(entry: SuiteEntry, options: dict[str, Any]) -> dict[str, Any]:
     return {"recipe": entry.recipe, "task": entry.task, "options": options}
 
 
-def _finished(folder: Path, settings: dict[str, Any]) -> Any | None:
-    """The entry's result if it finished earlier with the same settings, else None."""
+def _finished(folder: Path, entry: SuiteEntry, options: dict[str, Any]) -> Any | None:
+    """The entry's result if it finished earlier with the same settings on the same task, else None."""
     from lightning_eff.bench.report import load_result
 
     try:
-        same = json.loads((folder / SETTINGS_FILE).read_text()) == json.loads(json.dumps(settings))
-        return load_result(folder / "results.json") if same else None
+        same = json.loads((folder / SETTINGS_FILE).read_text()) == json.loads(json.dumps(_settings(entry, options)))
+        result = load_result(folder / "results.json") if same else None
     except (OSError, ValueError):
         return None
+    return result if result is not None and _measured_the_task_as_built_now(result, entry, options) else None
 
 
 def _duration(seconds: float) -> str:
@@ -153,5 +174,5 @@ def _with_kept_rows(rows: list[SuiteRow], out: Path, quick: bool, repeats: int |
 def _kept_row(entry: SuiteEntry, out: Path, quick: bool, repeats: int | None) -> SuiteRow | None:
     """The entry's row read back from ``out`` if it finished earlier with the same settings."""
     folder = out / entry_folder(entry.name)
-    done = _finished(folder, _settings(entry, bench_options(entry, quick, repeats)))
+    done = _finished(folder, entry, bench_options(entry, quick, repeats))
     return None if done is None else SuiteRow(entry, folder.name, done, ran_now=False)

@@ -84,6 +84,32 @@ def test_changed_settings_run_the_entry_again(suite_out):
     assert seen == ["random_subset"]
 
 
+def test_a_resized_task_runs_its_entries_again_instead_of_keeping_the_old_size(suite_out, monkeypatch):
+    import dataclasses
+
+    from lightning_eff.bench import suite
+    from lightning_eff.bench.tasks import TASKS
+    from lightning_eff.bench.tasks.vision import DigitsCNN
+
+    out, _, _ = suite_out
+    built_now = TASKS["vision"]
+    monkeypatch.setitem(TASKS, "vision", lambda **o: dataclasses.replace(built_now(**o), make_module=lambda: DigitsCNN(width=32)))
+    suite.task_fingerprint.cache_clear()
+    seen = []
+
+    def record(**kwargs):
+        seen.append(kwargs["recipe"])
+        raise RuntimeError("stop here")
+
+    try:
+        with pytest.raises(SuiteEntriesFailed) as failure:
+            run_suite(out, only=["random_subset"], quick=True, say=lambda line: None, run=record)
+    finally:
+        suite.task_fingerprint.cache_clear()  # the next test sees the task as shipped
+    assert seen == ["random_subset"], "same settings, but the model is another size: it must run again"
+    assert "selective_backprop" not in [row.entry.name for row in failure.value.rows], "nor is the other row kept"
+
+
 def test_the_results_page_has_every_entry_the_side_by_side_and_the_environment(suite_out):
     out, rows, _ = suite_out
     page = write_markdown(rows, out / "results.md", command="lightning-eff bench suite --quick").read_text()
