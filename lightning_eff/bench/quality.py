@@ -79,9 +79,13 @@ def spread(values: Sequence[float | None]) -> Spread | None:
 
 
 def compute_verdict(savings: Sequence[float | None]) -> str:
-    """:func:`verdict` for compute-to-quality: ``less compute``, ``more compute``, ``did not reach``,
-    ``mixed (k of K reached)`` (the caller says ``not counted`` when no run counted FLOPs)."""
+    """:func:`verdict` for compute-to-quality: ``less compute``, ``same compute``, ``more compute``,
+    ``did not reach``, ``mixed (k of K reached)`` (the caller says ``not counted`` when no run counted
+    FLOPs). FLOP counts are exact, so a median saving of exactly 1 (a technique that changes no op,
+    reaching at the same evaluation) is the same compute, not more."""
     word = verdict(savings)
+    if word == "slower" and statistics.median(savings) == 1.0:
+        return "same compute"
     return {"faster": "less compute", "slower": "more compute"}.get(word, word)
 
 

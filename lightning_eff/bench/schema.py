@@ -144,7 +144,7 @@ class Summary(_Strict):
     reached: int
     repeats: int
     speedup: Spread | None
-    compute_verdict: str = Field(description="less compute, more compute, did not reach, mixed (k of K reached), or not counted")
+    compute_verdict: str = Field(description="less compute, same compute, more compute, did not reach, mixed (k of K reached), or not counted")
     compute_saving: Spread | None = Field(description="baseline / recipe FLOPs-to-quality over repeats")
     ratios: dict[str, Spread | None] = Field(description="recipe / baseline per repeat, by quantity")
     baseline: dict[str, float | None] = Field(description="median over repeats, by quantity")

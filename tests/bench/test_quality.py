@@ -5,7 +5,15 @@ import math
 import pytest
 
 from lightning_eff.bench.harness import eval_schedule
-from lightning_eff.bench.quality import CurvePoint, first_reaching, reaches, speedup, spread, verdict
+from lightning_eff.bench.quality import (
+    CurvePoint,
+    compute_verdict,
+    first_reaching,
+    reaches,
+    speedup,
+    spread,
+    verdict,
+)
 from lightning_eff.bench.tasks.base import warmup_cosine_factor
 from lightning_eff.errors import ConfigError
 
@@ -66,6 +74,21 @@ def test_spread_ignores_missing_values():
 )
 def test_verdict_never_claims_a_speedup_for_a_repeat_that_did_not_reach(speedups, expected):
     assert verdict(speedups) == expected
+
+
+@pytest.mark.parametrize(
+    ("savings", "expected"),
+    [
+        ([1.0, 1.0, 1.0], "same compute"),  # exact counts: a technique that changes no op
+        ([1.0, 1.11, 1.0], "same compute"),
+        ([1.0, 0.9, 1.0], "same compute"),
+        ([0.9, 1.0, 0.95], "more compute"),
+        ([1.0, 1.2, 1.3], "less compute"),
+        ([1.0, None, 1.0], "mixed (2 of 3 reached)"),
+    ],
+)
+def test_compute_verdict_calls_exactly_equal_flops_the_same_compute(savings, expected):
+    assert compute_verdict(savings) == expected
 
 
 def test_schedule_warms_up_then_decays_fully_to_zero():
