@@ -56,19 +56,21 @@ def test_vision_step_is_conv_compute_on_upsampled_digits():
 
 
 def test_lm_validation_loss_falls():
+    from lightning_eff.bench.tasks.lm import BATCH_SIZE, SEQ_LEN
+
     run = train(get_task("lm"), steps=8)
     assert run.curve[-1].quality < run.curve[0].quality - 0.3  # nats per byte; starts near ln(256) = 5.5
-    assert run.tokens == 8 * 16 * 64 and run.tokens_per_second > 0
+    assert run.tokens == 8 * BATCH_SIZE * SEQ_LEN and run.tokens_per_second > 0
 
 
 def test_lm_is_a_transformers_llama_and_validation_documents_are_held_out():
     from transformers import LlamaForCausalLM
 
-    from lightning_eff.bench.tasks.lm import TRAIN_BYTES, VAL_BYTES, byte_windows
+    from lightning_eff.bench.tasks.lm import SEQ_LEN, TRAIN_BYTES, VAL_BYTES, byte_windows
 
     task = get_task("lm")
     assert isinstance(task.make_module().model, LlamaForCausalLM)
-    docs = byte_windows(64, TRAIN_BYTES, VAL_BYTES)["documents"]
+    docs = byte_windows(SEQ_LEN, TRAIN_BYTES, VAL_BYTES)["documents"]
     assert docs["val"] and docs["train"] and not set(docs["val"]) & set(docs["train"])
 
 

@@ -29,6 +29,10 @@ from lightning_eff.errors import require
 VOCAB = 256
 VAL_EVERY_NTH_DOCUMENT = 10
 TRAIN_BYTES, VAL_BYTES = 1_000_000, 32_000
+# Sized so a step is compute, not overhead (trainer + hub within 5% of a plain loop) and a 300-step
+# baseline trains for more than 30 s on a 2-core CPU: docs/benchmarking.md has the measurement.
+SEQ_LEN, BATCH_SIZE = 128, 16
+HIDDEN, INTERMEDIATE, LAYERS, HEADS = 256, 512, 2, 4
 
 
 def corpus_documents() -> list[tuple[str, bytes]]:
@@ -68,7 +72,7 @@ def byte_windows(seq_len: int, train_bytes: int, val_bytes: int) -> dict[str, An
 
 
 class ByteTextDataModule(pl.LightningDataModule):
-    def __init__(self, seq_len: int = 64, batch_size: int = 16, train_bytes: int = TRAIN_BYTES, val_bytes: int = VAL_BYTES) -> None:
+    def __init__(self, seq_len: int = SEQ_LEN, batch_size: int = BATCH_SIZE, train_bytes: int = TRAIN_BYTES, val_bytes: int = VAL_BYTES) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.windows = byte_windows(seq_len, train_bytes, val_bytes)
@@ -84,7 +88,13 @@ class TinyLlamaLM(BenchModule):
     """``self.model`` is a ``transformers.LlamaForCausalLM`` with random init (byte vocabulary)."""
 
     def __init__(
-        self, hidden: int = 128, layers: int = 2, heads: int = 4, intermediate: int = 256, seq_len: int = 64, lr: float = 2e-3
+        self,
+        hidden: int = HIDDEN,
+        layers: int = LAYERS,
+        heads: int = HEADS,
+        intermediate: int = INTERMEDIATE,
+        seq_len: int = SEQ_LEN,
+        lr: float = 2e-3,
     ) -> None:
         super().__init__(lr=lr)
         self.save_hyperparameters()
@@ -126,7 +136,7 @@ def count_tokens(batch: torch.Tensor) -> int:
     return int(batch[:, 1:].numel())
 
 
-def lm_task(seq_len: int = 64, batch_size: int = 16) -> BenchTask:
+def lm_task(seq_len: int = SEQ_LEN, batch_size: int = BATCH_SIZE) -> BenchTask:
     windows = byte_windows(seq_len, TRAIN_BYTES, VAL_BYTES)
     return BenchTask(
         name="lm",
@@ -146,5 +156,6 @@ def lm_task(seq_len: int = 64, batch_size: int = 16) -> BenchTask:
             "val_documents": len(windows["documents"]["val"]),
             "seq_len": seq_len,
             "batch_size": batch_size,
+            "model": f"Llama hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads, MLP {INTERMEDIATE}",
         },
     )
