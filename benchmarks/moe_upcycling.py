@@ -67,9 +67,11 @@ def main() -> None:
     parser.add_argument("--every-n", type=int, default=1)
     parser.add_argument("--init", default="copy")
     parser.add_argument("--out", type=Path, default=Path("build/bench/moe_upcycling"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timing on a shared machine)")
+    parser.add_argument("--flops", choices=["separate", "inline", "off"], default="separate", help="as bench --flops")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     started = time.time()
     dense = train_dense(args.dense_steps, args.out / f"dense_{args.dense_steps}.pt")
     recipe = {
@@ -78,7 +80,7 @@ def main() -> None:
             {"name": "moe_upcycling", "options": {"num_experts": args.experts, "top_k": args.top_k, "every_n": args.every_n, "init": args.init}}
         ],
     }
-    result = run_bench(continued_task(dense), recipe, repeats=args.repeats, max_steps=args.steps, out=args.out / "bench", quiet=True,
+    result = run_bench(continued_task(dense), recipe, repeats=args.repeats, max_steps=args.steps, out=args.out / "bench", quiet=True, flops=args.flops,
                        command="benchmarks/moe_upcycling.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()))
     print(format_table(result))
     summary = {
