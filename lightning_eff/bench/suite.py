@@ -172,7 +172,8 @@ def _with_kept_rows(rows: list[SuiteRow], out: Path, quick: bool, repeats: int |
 
 
 def _kept_row(entry: SuiteEntry, out: Path, quick: bool, repeats: int | None) -> SuiteRow | None:
-    """The entry's row read back from ``out`` if it finished earlier with the same settings."""
+    """The entry's row read back from ``out`` if it finished earlier with the same settings, on the
+    task as it is built now."""
     folder = out / entry_folder(entry.name)
     done = _finished(folder, entry, bench_options(entry, quick, repeats))
     return None if done is None else SuiteRow(entry, folder.name, done, ran_now=False)
